@@ -1,0 +1,166 @@
+import {readFileSync} from 'node:fs'
+import {fileURLToPath} from 'node:url'
+
+import {Ajv2020, type ErrorObject, type ValidateFunction} from 'ajv/dist/2020.js'
+import addFormatsModule from 'ajv-formats'
+
+import {AbortError, BugError, type ErrorDetail, ExitCode} from '../errors/index.js'
+import type {BootstrapConfig, OvmsManifest} from './manifest.js'
+
+// ajv-formats is CommonJS; under NodeNext its default export is the module object.
+const addFormats = ((addFormatsModule as unknown as {default?: unknown}).default ?? addFormatsModule) as (ajv: Ajv2020) => Ajv2020
+
+/** Where the JSON Schemas live (the package's `schemas/` folder). */
+export const SCHEMA_DIR = fileURLToPath(new URL('../../schemas/', import.meta.url))
+
+export type SchemaName = 'manifest.v1' | 'bootstrap-config.v1'
+
+export interface ValidationProblem {
+  /** JSON pointer to the offending value; for a missing or unknown field, the field itself. */
+  pointer: string
+  /** ajv's instancePath (the parent object for required/additionalProperties). */
+  instancePath: string
+  keyword: string
+  message: string
+  hint: string
+}
+
+let ajv: Ajv2020 | undefined
+const compiled = new Map<SchemaName, ValidateFunction>()
+
+function validator(name: SchemaName): ValidateFunction {
+  let fn = compiled.get(name)
+  if (fn) return fn
+  if (!ajv) {
+    ajv = new Ajv2020({allErrors: true, strict: true, useDefaults: false})
+    addFormats(ajv)
+  }
+  let schema: unknown
+  try {
+    schema = JSON.parse(readFileSync(`${SCHEMA_DIR}${name}.json`, 'utf8'))
+  } catch (err) {
+    throw new BugError(`cannot load schema ${name} from ${SCHEMA_DIR}`, err)
+  }
+  fn = ajv.compile(schema as object)
+  compiled.set(name, fn)
+  return fn
+}
+
+function describe(e: ErrorObject): {pointer: string; message: string; hint: string} {
+  const at = e.instancePath
+  const p = e.params as Record<string, unknown>
+  switch (e.keyword) {
+    case 'required': {
+      const field = String(p.missingProperty)
+      return {pointer: `${at}/${field}`, message: `required field "${field}" is missing`, hint: `Add "${field}" to ${at || 'the top level'}.`}
+    }
+    case 'additionalProperties': {
+      const field = String(p.additionalProperty)
+      return {
+        pointer: `${at}/${field}`,
+        message: `unknown field "${field}"`,
+        hint: `Remove "${field}" or check its spelling; annotations go under "annotations".`,
+      }
+    }
+    case 'enum':
+      return {
+        pointer: at,
+        message: `must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`,
+        hint: 'Use one of the listed values.',
+      }
+    case 'const':
+      return {pointer: at, message: `must be ${JSON.stringify(p.allowedValue)}`, hint: `Set it to ${JSON.stringify(p.allowedValue)}.`}
+    case 'type':
+      return {pointer: at, message: `must be ${String(p.type)}`, hint: `Change the value to a ${String(p.type)}.`}
+    case 'pattern':
+      return {pointer: at, message: `does not match the expected form (${String(p.pattern)})`, hint: patternHint(at)}
+    case 'format':
+      return {pointer: at, message: `must be a valid ${String(p.format)}`, hint: p.format === 'date-time' ? 'Write an RFC 3339 time, e.g. 2026-01-31T12:00:00Z.' : `Write a valid ${String(p.format)}.`}
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+    case 'minLength':
+    case 'maxLength':
+    case 'minItems':
+    case 'maxItems':
+      return {pointer: at, message: e.message ?? e.keyword, hint: 'Change the value to fit the limit.'}
+    default:
+      return {pointer: at, message: e.message ?? e.keyword, hint: 'See schemas/manifest.v1.json for the expected shape.'}
+  }
+}
+
+function patternHint(pointer: string): string {
+  if (/\/ref$/.test(pointer)) return 'A ref is sha256: followed by 64 lowercase hex characters, or a registry reference.'
+  if (pointer === '/name') return 'Use lowercase letters, digits, . _ - and / between components, e.g. example/busybox.'
+  if (pointer.endsWith('/mmio_addr')) return 'Write the address in hex, e.g. "0x10000000".'
+  return 'See the schema for the expected form.'
+}
+
+/** Validate a parsed document against one of ovm's schemas; every problem at once. */
+export function validateAgainst(name: SchemaName, doc: unknown): ValidationProblem[] {
+  const fn = validator(name)
+  if (fn(doc)) return []
+  const seen = new Set<string>()
+  const out: ValidationProblem[] = []
+  for (const e of fn.errors ?? []) {
+    // "if"/"anyOf"/"not" wrappers repeat what their branches say.
+    if (e.keyword === 'if' || e.keyword === 'anyOf' || e.keyword === 'oneOf') continue
+    const d = describe(e)
+    const key = `${d.pointer}|${d.message}`
+    if (seen.has(key)) continue
+    seen.add(key)
+    out.push({...d, instancePath: e.instancePath, keyword: e.keyword})
+  }
+  return out
+}
+
+export function toDetails(problems: ValidationProblem[]): ErrorDetail[] {
+  return problems.map((p) => ({at: p.pointer || '/', message: p.message, hint: p.hint}))
+}
+
+export function invalidManifestError(source: string, problems: ValidationProblem[], what = 'OVMS manifest'): AbortError {
+  return new AbortError({
+    code: 'MANIFEST_INVALID',
+    message: `${source}: ${what} is invalid (${problems.length} problem${problems.length === 1 ? '' : 's'})`,
+    hint: 'Fix each field listed above; schemas/manifest.v1.json documents every field.',
+    exitCode: ExitCode.invalid,
+    ref: source,
+    details: toDetails(problems),
+  })
+}
+
+/** Parse JSON text, turning a syntax error into `file:line:col`. */
+export function parseJsonText(text: string, source: string): unknown {
+  try {
+    return JSON.parse(text)
+  } catch (err) {
+    const msg = (err as Error).message
+    const m = /position (\d+)/.exec(msg)
+    let where = source
+    if (m) {
+      const pos = Number(m[1])
+      const before = text.slice(0, pos).split('\n')
+      where = `${source}:${before.length}:${(before.at(-1)?.length ?? 0) + 1}`
+    }
+    throw new AbortError({
+      code: 'JSON_SYNTAX',
+      message: `${where}: not valid JSON: ${msg}`,
+      hint: 'Fix the JSON syntax at that position (a missing comma or quote is common).',
+      exitCode: ExitCode.invalid,
+      ref: source,
+      cause: err,
+    })
+  }
+}
+
+export function assertManifest(doc: unknown, source: string): OvmsManifest {
+  const problems = validateAgainst('manifest.v1', doc)
+  if (problems.length > 0) throw invalidManifestError(source, problems)
+  return doc as OvmsManifest
+}
+
+export function assertBootstrapConfig(doc: unknown, source: string): BootstrapConfig {
+  const problems = validateAgainst('bootstrap-config.v1', doc)
+  if (problems.length > 0) throw invalidManifestError(source, problems, 'bootstrap config')
+  return doc as BootstrapConfig
+}
