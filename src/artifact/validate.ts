@@ -5,6 +5,7 @@ import {Ajv2020, type ErrorObject, type ValidateFunction} from 'ajv/dist/2020.js
 import addFormatsModule from 'ajv-formats'
 
 import {AbortError, BugError, type ErrorDetail, ExitCode} from '../errors/index.js'
+import {jsonErrorOffset, lineCol} from '../util/json-position.js'
 import type {BootstrapConfig, OvmsManifest} from './manifest.js'
 
 // ajv-formats is CommonJS; under NodeNext its default export is the module object.
@@ -135,12 +136,11 @@ export function parseJsonText(text: string, source: string): unknown {
     return JSON.parse(text)
   } catch (err) {
     const msg = (err as Error).message
-    const m = /position (\d+)/.exec(msg)
+    const offset = jsonErrorOffset(text)
     let where = source
-    if (m) {
-      const pos = Number(m[1])
-      const before = text.slice(0, pos).split('\n')
-      where = `${source}:${before.length}:${(before.at(-1)?.length ?? 0) + 1}`
+    if (offset >= 0) {
+      const {line, col} = lineCol(text, offset)
+      where = `${source}:${line}:${col}`
     }
     throw new AbortError({
       code: 'JSON_SYNTAX',

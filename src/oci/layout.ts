@@ -46,7 +46,7 @@ export interface VerifyReport {
   checked: number
   bytes: number
   bad: {digest: string; reason: string; quarantinedTo?: string}[]
-  /** Manifests named by index.json whose blob is absent. */
+  /** Blobs that a tagged artifact needs (manifest, config, layers) but the store lacks. */
   missing: {digest: string; reference?: string}[]
   staleIngest: number
 }
@@ -380,8 +380,12 @@ export class LayoutStore implements Target {
         if (err instanceof AbortError && err.code === 'BLOB_NOT_FOUND') missing.push({digest: desc.digest, reference})
         return
       }
-      if ('config' in doc && doc.config) live.add(doc.config.digest)
-      if ('layers' in doc && Array.isArray(doc.layers)) for (const l of doc.layers) live.add(l.digest)
+      const leaves = [...('config' in doc && doc.config ? [doc.config] : []), ...('layers' in doc && Array.isArray(doc.layers) ? doc.layers : [])]
+      for (const l of leaves) {
+        if (live.has(l.digest)) continue
+        live.add(l.digest)
+        if (!(await pathExists(this.blobPath(l.digest)))) missing.push({digest: l.digest, reference})
+      }
       if ('manifests' in doc && Array.isArray(doc.manifests)) for (const m of doc.manifests) await visit(m, reference)
       if (doc.subject) await visit(doc.subject, reference)
     }
