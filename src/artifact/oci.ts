@@ -86,6 +86,15 @@ export function checkConsistency(ovms: OvmsManifest, layers: Descriptor[]): {rol
         hint: 'The annotation and diskLayers[].format must agree.',
       })
     }
+    const declaredSize = layer.annotations?.[OvmsAnnotation.diskSize]
+    const disk = exp.role === 'disk' ? ovms.diskLayers?.[exp.index as number] : undefined
+    if (disk?.size !== undefined && declaredSize !== undefined && declaredSize !== String(disk.size)) {
+      problems.push({
+        at: `/diskLayers/${exp.index}/size`,
+        message: `disk layer ${layer.digest} is annotated ${OvmsAnnotation.diskSize}=${declaredSize}, but the manifest says ${disk.size}`,
+        hint: 'The annotation and diskLayers[].size must agree.',
+      })
+    }
     roles.push({role: exp.role, index: exp.index, descriptor: layer})
   }
   for (const [j, l] of layers.entries()) {

@@ -99,6 +99,12 @@ describe('OVMS ⇄ OCI mapping', () => {
     expect(e.details).toHaveLength(4)
   })
 
+  it('checks ovms.disk.size against diskLayers[].size', () => {
+    const sized = {...disk0, annotations: {'ovms.format': 'raw', 'ovms.disk.size': '6'}}
+    const {problems} = checkConsistency(ovms, [kernel, initrd, sized, disk1, snap])
+    expect(problems.map((p) => p.at)).toEqual(['/diskLayers/0/size'])
+  })
+
   it('validates the OVMS manifest before building', () => {
     const e = caught(() => buildArtifact({...ovms, name: 'Bad Name'} as OvmsManifest, layers))
     expect(e.code).toBe('MANIFEST_INVALID')
