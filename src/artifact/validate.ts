@@ -14,7 +14,7 @@ const addFormats = ((addFormatsModule as unknown as {default?: unknown}).default
 /** Where the JSON Schemas live (the package's `schemas/` folder). */
 export const SCHEMA_DIR = fileURLToPath(new URL('../../schemas/', import.meta.url))
 
-export type SchemaName = 'manifest.v1' | 'bootstrap-config.v1'
+export type SchemaName = 'manifest.v1' | 'bootstrap-config.v1' | 'policy.v1'
 
 export interface ValidationProblem {
   /** JSON pointer to the offending value; for a missing or unknown field, the field itself. */

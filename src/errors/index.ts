@@ -32,6 +32,8 @@ export const ExitCode = {
   engine: 9,
   /** Refused by trust policy: missing or bad signature. */
   policy: 10,
+  /** A build step (RUN/COPY) failed inside the builder VM. */
+  buildFailed: 11,
   /** Interrupted by a signal (SIGINT). */
   interrupted: 130,
 } as const

@@ -519,9 +519,9 @@ async function fsyncPath(path: string): Promise<void> {
 }
 
 /** Write to a temporary name beside `path`, fsync, then rename over it. */
-export async function writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
+export async function writeAtomic(path: string, bytes: Uint8Array, mode = 0o644): Promise<void> {
   const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-  const fh = await open(tmp, 'wx', 0o644)
+  const fh = await open(tmp, 'wx', mode)
   try {
     await fh.writeFile(bytes)
     await fh.sync()

@@ -67,3 +67,13 @@ export function packArgs(tag: string, extra: string[] = []): string[] {
     ...extra,
   ]
 }
+
+/** The error a promise rejects with (fails the test when it resolves). */
+export async function rejects<E = import('../../src/errors/index.js').OvmError>(p: Promise<unknown>): Promise<E> {
+  try {
+    await p
+  } catch (e) {
+    return e as E
+  }
+  throw new Error('expected a rejection')
+}

@@ -6,10 +6,9 @@ import {promisify} from 'node:util'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {OvmError} from '../../src/errors/index.js'
 import {sha256} from '../../src/oci/digest.js'
 import {LayoutStore, defaultStoreRoot} from '../../src/oci/layout.js'
-import {hashAllBlobs, ROOT, tempDir} from '../helpers/cli.js'
+import {hashAllBlobs, rejects, ROOT, tempDir} from '../helpers/cli.js'
 
 const run = promisify(execFile)
 let tmp: {path: string; cleanup: () => void}
@@ -21,14 +20,6 @@ beforeEach(() => {
 })
 afterEach(() => tmp.cleanup())
 
-async function rejects(p: Promise<unknown>): Promise<OvmError> {
-  try {
-    await p
-  } catch (e) {
-    return e as OvmError
-  }
-  throw new Error('expected a rejection')
-}
 
 describe('LayoutStore', () => {
   it('picks $OVM_HOME, then $XDG_DATA_HOME/ovm, then ~/.local/share/ovm', () => {

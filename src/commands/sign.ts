@@ -1,0 +1,40 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand} from '../cli/base-command.js'
+import {AbortError, ExitCode} from '../errors/index.js'
+import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
+import {type SignResult, signLocal} from '../sign/local.js'
+
+export default class Sign extends BaseCommand {
+  static summary = 'Sign an artifact: a Sigstore bundle stored as an OCI referrer of it (the layout cosign 3 reads).'
+
+  static examples = ['OVM_KEY_PASSWORD=secret <%= config.bin %> sign example/busybox:1.0 --key ovm.key']
+
+  static args = {
+    ref: Args.string({description: 'Artifact to sign.', required: true}),
+  }
+
+  static flags = {
+    key: Flags.string({description: 'Private key (from `ovm key generate`).'}),
+  }
+
+  async run(): Promise<SignResult> {
+    const {args, flags} = await this.parse(Sign)
+    if (!flags.key) {
+      const oidc = process.env.ACTIONS_ID_TOKEN_REQUEST_URL || process.env.SIGSTORE_ID_TOKEN
+      throw new AbortError({
+        code: oidc ? 'KEYLESS_UNAVAILABLE' : 'NO_KEY',
+        message: oidc
+          ? 'keyless signing needs Fulcio and Rekor (network), which this ovm cannot reach'
+          : 'no signing key: pass --key, or run where an OIDC token is available for keyless signing',
+        hint: 'Sign with a local key: `ovm key generate`, then `ovm sign REF --key ovm.key`.',
+        exitCode: ExitCode.usage,
+      })
+    }
+    const key = await loadPrivateKey(flags.key, passphraseFromEnv())
+    const store = this.openStore(flags.store)
+    const result = await signLocal(store, args.ref, key)
+    if (!this.jsonEnabled()) this.log(`signed ${args.ref} (${result.subject}) with key ${result.keyId.slice(0, 12)}: ${result.signature}`)
+    return result
+  }
+}
