@@ -38,6 +38,11 @@ export interface BuildPlan {
   snapshot?: Ovmfile['snapshot']
 }
 
+/** The same variables in any order give the same key: `ENV A=1` then `ENV B=2` is `ENV B=2 A=1`. */
+function sorted(vars: Record<string, string>): [string, string][] {
+  return Object.entries(vars).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+}
+
 function key(parts: unknown): string {
   return `sha256:${createHash('sha256').update(JSON.stringify(parts)).digest('hex')}`
 }
@@ -59,7 +64,7 @@ export function planBuild(file: Ovmfile, inputs: {baseKey: string; baseDescripti
   let missed = false
   for (const step of file.steps) {
     const stepInputs = step.kind === 'COPY' ? step.sources.map((s) => ({source: s, digest: inputs.sources.get(s)?.digest ?? 'missing'})) : []
-    const cacheKey = key({v: 1, parent: parentKey, step: stepIdentity(step), env: step.env, args: step.args, workdir: step.workdir, inputs: stepInputs})
+    const cacheKey = key({v: 1, parent: parentKey, step: stepIdentity(step), env: sorted(step.env), args: sorted(step.args), workdir: step.workdir, inputs: stepInputs})
     const hit = missed ? undefined : cache[cacheKey]
     if (!hit) missed = true
     steps.push({

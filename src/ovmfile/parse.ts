@@ -1,4 +1,4 @@
-import {type RawInstruction, type Word, lex, words} from './lexer.js'
+import {LITERAL_DOLLAR, type RawInstruction, type Word, lex, locate, words} from './lexer.js'
 import type {CopyStep, DeviceSpec, Ovmfile, ParseResult, Position, Problem, RunStep} from './types.js'
 
 export const INSTRUCTIONS = [
@@ -37,7 +37,7 @@ export function parseOvmfile(text: string, source: string, opts: ParseOptions = 
   const p = new Parser(source, opts)
   p.problems.push(...lexProblems)
   for (const ins of instructions) p.instruction(ins)
-  p.finish(instructions)
+  p.finish()
   const errors = p.problems.filter((x) => x.severity === 'error').sort(byPos)
   const warnings = p.problems.filter((x) => x.severity === 'warning').sort(byPos)
   return {ovmfile: p.file, errors, warnings}
@@ -71,6 +71,15 @@ class Parser {
   }
 
   instruction(ins: RawInstruction): void {
+    const before = this.problems.length
+    this.dispatch(ins)
+    // Columns so far count in the joined text; point into the line where the text was written.
+    if (ins.segments.length > 1) {
+      for (const p of this.problems.slice(before)) if (p.line === ins.pos.line) Object.assign(p, locate(ins, p.col))
+    }
+  }
+
+  private dispatch(ins: RawInstruction): void {
     const kw = ins.keyword.toUpperCase()
     if (!(INSTRUCTIONS as readonly string[]).includes(kw)) {
       const guess = closest(kw, INSTRUCTIONS)
@@ -109,20 +118,24 @@ class Parser {
     return r.words.map((w) => ({...w, value: this.subst(w.value, {line: at.line, col: w.col})}))
   }
 
-  /** Replace $NAME, ${NAME} and ${NAME:-default}; `\$` is a literal dollar. */
+  /** Replace $NAME, ${NAME} and ${NAME:-default}; a `$` the lexer marked literal stays `$`. */
   private subst(value: string, at: Position): string {
-    return value.replace(/\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (all, braced?: string, dflt?: string, bare?: string) => {
-      if (all === '\\$') return '$'
+    return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)/g, (_all, braced?: string, dflt?: string, bare?: string) => {
       const name = (braced ?? bare) as string
       const v = this.file.env[name] ?? this.argValues[name]
-      if (v !== undefined) return v
+      // As in the shell, `:-` also replaces an empty value.
+      if (v !== undefined && !(dflt !== undefined && v === '')) return v
       if (dflt !== undefined) return dflt
       this.warn(at, 'UNDEFINED_VARIABLE', `$${name} is not defined here; it expands to ""`, `Declare it with ARG ${name}=… or ENV ${name}=… before this line.`)
       return ''
-    })
+    }).replaceAll(LITERAL_DOLLAR, '$')
   }
 
-  /** An exec-form JSON array, or undefined when `rest` is not one. */
+  /**
+   * An exec-form JSON array, or undefined when `rest` is shell form. Text that
+   * is not JSON is shell form (`RUN [ -f x ] || …`) unless it starts with `["`,
+   * `['` or `[]`, which no shell command does: then it is a broken exec form.
+   */
   private jsonArray(ins: RawInstruction, at: Position): string[] | undefined | null {
     const t = ins.rest.trim()
     if (!t.startsWith('[')) return undefined
@@ -130,7 +143,7 @@ class Parser {
       const v = JSON.parse(t) as unknown
       if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v as string[]
     } catch {
-      // fall through
+      if (!/^\[["'\]]/.test(t)) return undefined
     }
     this.err(at, 'BAD_EXEC_FORM', `${ins.keyword.toUpperCase()} starts with [ but is not a JSON array of strings`, 'Write ["prog", "arg"] with double quotes, or drop the brackets for the shell form.')
     return null
@@ -216,7 +229,9 @@ class Parser {
 
   iCPUS(ins: RawInstruction, at: Position): void {
     this.once('CPUS', ins.pos)
-    const n = Number(ins.rest.trim())
+    const w = this.split(ins, at)
+    if (!w) return
+    const n = w.length === 1 && /^\d+$/.test(w[0]!.value) ? Number(w[0]!.value) : Number.NaN
     if (!Number.isInteger(n) || n < 1 || n > 64) return this.err(at, 'BAD_CPUS', `CPUS "${ins.rest}" is not a whole number from 1 to 64`, 'Write CPUS 2.')
     this.file.cpus = n
   }
@@ -291,17 +306,23 @@ class Parser {
     if (rest.length < 2) return this.err(at, 'MISSING_ARGUMENT', 'COPY needs at least one source and a destination', 'Write COPY SRC... DEST.')
     const dest = rest.at(-1) as Word
     const sources = rest.slice(0, -1)
-    for (const s of sources) {
+    // Sources refused here are left out of the step, so that checkContext does not report them again.
+    const inside = sources.filter((s) => {
       const v = s.value.replace(/^\.\/+/, '')
       if (s.value.startsWith('/') || v === '..' || v.startsWith('../') || v.includes('/../') || v.endsWith('/..')) {
         this.err({line: at.line, col: s.col}, 'COPY_OUTSIDE_CONTEXT', `COPY source "${s.value}" is outside the build context`, 'Name files inside the build context folder, by paths relative to it.')
+        return false
       }
-    }
-    if (sources.length > 1 && !dest.value.endsWith('/')) {
+      return true
+    })
+    // A destination ending in `/`, or `.`/`..` (as in `COPY a b .`), is a folder.
+    const isDir = dest.value.endsWith('/') || /(^|\/)\.\.?$/.test(dest.value)
+    if (sources.length > 1 && !isDir) {
       this.err({line: at.line, col: dest.col}, 'COPY_DEST_NOT_DIR', `COPY with ${sources.length} sources needs a folder destination ending in "/"`, `Write ${dest.value}/ as the destination.`)
     }
-    const destAbs = dest.value.startsWith('/') ? dest.value : `${this.file.workdir.replace(/\/$/, '')}/${dest.value}`
-    this.step(ins, {kind: 'COPY', sources: sources.map((s) => s.value), dest: destAbs, ...(chown ? {chown} : {}), ...(chmod === undefined ? {} : {chmod})})
+    const abs = normalisePath(dest.value.startsWith('/') ? dest.value : `${this.file.workdir}/${dest.value}`)
+    const destAbs = isDir && abs !== '/' ? `${abs}/` : abs
+    this.step(ins, {kind: 'COPY', sources: inside.map((s) => s.value), dest: destAbs, ...(chown ? {chown} : {}), ...(chmod === undefined ? {} : {chmod})})
   }
 
   iRUN(ins: RawInstruction, at: Position): void {
@@ -425,13 +446,12 @@ class Parser {
     this.file.snapshot = spec
   }
 
-  finish(instructions: RawInstruction[]): void {
-    const end = instructions.at(-1)?.pos ?? {line: 1, col: 1}
+  finish(): void {
     if (!this.seen.has('FROM')) {
       this.err({line: 1, col: 1}, 'MISSING_FROM', 'the Ovmfile has no FROM', 'Start it with FROM scratch 2G, FROM disk:PATH or FROM name:tag.')
     }
     if (this.file.from && this.file.from.kind !== 'artifact' && !this.file.kernel) {
-      this.err(end, 'MISSING_KERNEL', `FROM ${this.file.from.kind} needs a KERNEL`, 'Add KERNEL /boot/vmlinuz-… (or a kernel artifact reference). Only FROM name:tag inherits one.')
+      this.err(this.file.from.pos, 'MISSING_KERNEL', `FROM ${this.file.from.kind} needs a KERNEL`, 'Add KERNEL /boot/vmlinuz-… (or a kernel artifact reference). Only FROM name:tag inherits one.')
     }
     for (const name of Object.keys(this.buildArgs)) {
       if (!this.usedBuildArgs.has(name)) this.warn({line: 1, col: 1}, 'UNUSED_BUILD_ARG', `--build-arg ${name} is not declared by any ARG`, `Add ARG ${name} to the Ovmfile or drop the flag.`)

@@ -1,0 +1,14 @@
+import os
+
+from flask import Flask
+
+app = Flask(__name__)
+
+
+@app.get("/healthz")
+def healthz():
+    return {"ok": True, "version": os.environ.get("APP_VERSION")}
+
+
+if __name__ == "__main__":
+    app.run(host="0.0.0.0", port=8000)

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Write a message into the shared memory region.
+printf %s "$2" > "$1"
