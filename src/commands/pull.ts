@@ -3,6 +3,8 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {copy, referrersOf} from '../oci/copy.js'
 import {openRemote} from '../oci/remote/client.js'
+import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
+import {remoteSource} from '../sign/sign.js'
 import {type TransferResult, registryFlags, registryOptions, transferProgress} from './push.js'
 
 export default class Pull extends BaseCommand {
@@ -10,7 +12,8 @@ export default class Pull extends BaseCommand {
 
   static description =
     'Every blob is streamed into the store, verified by digest and size before it is renamed into place, and resumed with range requests after a dropped connection. ' +
-    'Blobs the store has are skipped, so an interrupted pull continues where it stopped. Referrers (signatures) come along unless --no-referrers.'
+    'Blobs the store has are skipped, so an interrupted pull continues where it stopped. Referrers (signatures) come along unless --no-referrers. ' +
+    'A trust policy ($OVM_HOME/policy.json) is enforced first: a refused artifact (exit 10) leaves the store untouched.'
 
   static examples = ['<%= config.bin %> pull localhost:5000/example/busybox:1.0', '<%= config.bin %> pull registry.example.com/vm/busybox@sha256:… --json']
 
@@ -26,8 +29,11 @@ export default class Pull extends BaseCommand {
   async run(): Promise<TransferResult> {
     const {args, flags} = await this.parse(Pull)
     const store = this.openStore(flags.store)
-    await store.init()
     const src = openRemote(args.ref, registryOptions(flags))
+    // The trust policy decides before a single blob enters the store.
+    const policy = await enforcePolicy(remoteSource(src.repository, {checkBlobs: false}), args.ref, await loadPolicy(policyPath(store.root)))
+    if (policy.verified) this.note(`policy ${policy.rule}: signature by key ${policy.verified.verified[0]?.keyId.slice(0, 12)} verified`)
+    await store.init()
     const t0 = performance.now()
     const ui = transferProgress(`pull ${args.ref}`, this.jsonEnabled(), (l) => this.note(l))
     const result = await copy(src.repository, src.part, store, args.ref, ui.hooks, {

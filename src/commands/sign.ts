@@ -3,12 +3,18 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
-import {type SignResult, signLocal} from '../sign/local.js'
+import {openRemote} from '../oci/remote/client.js'
+import {parseReference} from '../oci/reference.js'
+import {type SignResult, signArtifact} from '../sign/sign.js'
+import {registryFlags, registryOptions} from './push.js'
 
 export default class Sign extends BaseCommand {
   static summary = 'Sign an artifact: a Sigstore bundle stored as an OCI referrer of it (the layout cosign 3 reads).'
 
-  static examples = ['OVM_KEY_PASSWORD=secret <%= config.bin %> sign example/busybox:1.0 --key ovm.key']
+  static examples = [
+    'OVM_KEY_PASSWORD=secret <%= config.bin %> sign example/busybox:1.0 --key ovm.key',
+    'OVM_KEY_PASSWORD=secret <%= config.bin %> sign localhost:5000/example/busybox:1.0 --key ovm.key',
+  ]
 
   static args = {
     ref: Args.string({description: 'Artifact to sign.', required: true}),
@@ -16,6 +22,7 @@ export default class Sign extends BaseCommand {
 
   static flags = {
     key: Flags.string({description: 'Private key (from `ovm key generate`).'}),
+    ...registryFlags,
   }
 
   async run(): Promise<SignResult> {
@@ -32,8 +39,9 @@ export default class Sign extends BaseCommand {
       })
     }
     const key = await loadPrivateKey(flags.key, passphraseFromEnv())
-    const store = this.openStore(flags.store)
-    const result = await signLocal(store, args.ref, key)
+    const remote = parseReference(args.ref).registry !== undefined
+    const target = remote ? openRemote(args.ref, registryOptions(flags)) : {store: this.openStore(flags.store)}
+    const result = await signArtifact(target, args.ref, key)
     if (!this.jsonEnabled()) this.log(`signed ${args.ref} (${result.subject}) with key ${result.keyId.slice(0, 12)}: ${result.signature}`)
     return result
   }

@@ -8,7 +8,7 @@ import {AbortError, ExitCode, fileError, isErrno} from '../errors/index.js'
 import type {ImageManifest} from '../oci/descriptor.js'
 import {parseReference, repositoryName} from '../oci/reference.js'
 import {loadPublicKey} from './keys.js'
-import {type SignatureSource, type VerifyResult, verifyArtifact} from './local.js'
+import {type SignatureSource, type VerifyResult, verifyArtifact} from './sign.js'
 
 export interface Requirement {
   require?: 'signature' | 'none'

@@ -10,20 +10,33 @@ export const FIXTURES = process.env.OVM_FIXTURES ?? join(ROOT, 'test', '.cache',
 
 export interface RunResult {
   code: number | null
+  signal: NodeJS.Signals | null
   stdout: string
   stderr: string
 }
 
+export interface RunOptions {
+  home: string
+  env?: NodeJS.ProcessEnv
+  cwd?: string
+  /** Written to the command's standard input (closed after). */
+  stdin?: string
+  /** Called with the pid once the process is spawned (for kill tests). */
+  onSpawn?: (pid: number) => void
+}
+
 /** Run the built CLI with a private $OVM_HOME. */
-export function ovm(args: string[], opts: {home: string; env?: NodeJS.ProcessEnv; cwd?: string}): Promise<RunResult> {
+export function ovm(args: string[], opts: RunOptions): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawnOvm(args, opts)
+    opts.onSpawn?.(child.pid!)
     let stdout = ''
     let stderr = ''
     child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()))
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
     child.on('error', reject)
-    child.on('close', (code) => resolve({code, stdout, stderr}))
+    child.on('close', (code, signal) => resolve({code, signal, stdout, stderr}))
+    child.stdin!.end(opts.stdin ?? '')
   })
 }
 
@@ -31,7 +44,7 @@ export function spawnOvm(args: string[], opts: {home: string; env?: NodeJS.Proce
   return spawn(process.execPath, [BIN, ...args], {
     cwd: opts.cwd ?? ROOT,
     env: {...process.env, OVM_HOME: opts.home, NO_COLOR: '1', CI: 'true', ...opts.env},
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
   })
 }
 

@@ -1,4 +1,3 @@
-import {spawn} from 'node:child_process'
 import {readFile, readdir, stat} from 'node:fs/promises'
 import {join} from 'node:path'
 
@@ -7,32 +6,10 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {MediaType} from '../../src/oci/descriptor.js'
 import {sha256} from '../../src/oci/digest.js'
 import {Registry} from '../../src/oci/remote/client.js'
-import {BIN, ROOT, packArgs, tempDir} from '../helpers/cli.js'
+import {ovm, packArgs, tempDir} from '../helpers/cli.js'
 import {type TestRegistry, registryAvailable, startRegistry} from '../helpers/registry.js'
 import {FaultProxy} from './proxy.js'
 import {referrerManifest} from './util.js'
-
-/** Run the built CLI (the global setup builds it) with stdin and a pid for kill tests. */
-function ovm(
-  args: string[],
-  opts: {home: string; env?: NodeJS.ProcessEnv; stdin?: string; onSpawn?: (pid: number) => void},
-): Promise<{code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string}> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: ROOT,
-      env: {...process.env, OVM_HOME: opts.home, NO_COLOR: '1', CI: 'true', ...opts.env},
-      stdio: ['pipe', 'pipe', 'pipe'],
-    })
-    opts.onSpawn?.(child.pid!)
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    child.on('error', reject)
-    child.on('close', (code, signal) => resolve({code, signal, stdout, stderr}))
-    child.stdin.end(opts.stdin ?? '')
-  })
-}
 
 describe.skipIf(!registryAvailable())('ovm login/push/pull/discover/logout against an htpasswd registry', () => {
   let reg: TestRegistry

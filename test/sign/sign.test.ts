@@ -5,7 +5,7 @@ import {bundleFromJSON, isBundleWithDsseEnvelope} from '@sigstore/bundle'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {LayoutStore} from '../../src/oci/layout.js'
-import {localSource} from '../../src/sign/local.js'
+import {localSource} from '../../src/sign/sign.js'
 import {enforcePolicy, loadPolicy} from '../../src/sign/policy.js'
 import {ovm, packArgs, rejects, tempDir} from '../helpers/cli.js'
 

@@ -4,7 +4,9 @@ import {AbortError, ExitCode, isOvmError} from '../errors/index.js'
 import {type Descriptor, type ImageManifest, isManifestMediaType} from '../oci/descriptor.js'
 import type {LayoutStore} from '../oci/layout.js'
 import {parseReference, repositoryName} from '../oci/reference.js'
-import {localReferrers} from '../oci/remote/referrers.js'
+import {type RemoteRepository, collect} from '../oci/remote/client.js'
+import {listReferrers, localReferrers} from '../oci/remote/referrers.js'
+import type {Storage} from '../oci/storage.js'
 import {EMPTY_BYTES, EMPTY_DESCRIPTOR, SigstoreMediaType, type VerifiedSignature, createSignature, localSigner, verifySignature} from './signature.js'
 
 export interface SignResult {
@@ -14,16 +16,26 @@ export interface SignResult {
   keyId: string
 }
 
-/** Sign an artifact in the local store; the signature becomes a referrer kept in index.json. */
-export async function signLocal(store: LayoutStore, reference: string, key: {privateKey: KeyObject; publicKey: KeyObject}, opts: {created?: string} = {}): Promise<SignResult> {
-  const subject = await store.resolve(reference)
-  const name = subjectName(reference)
-  const sig = await createSignature(subject, name, localSigner(key.privateKey, key.publicKey), opts)
-  await store.push(EMPTY_DESCRIPTOR, EMPTY_BYTES)
-  await store.push(sig.bundleDescriptor, sig.bundleBytes)
-  await store.push(sig.descriptor, sig.manifestBytes)
-  await store.addUntagged(sig.descriptor)
-  return {reference, subject: subject.digest, signature: sig.descriptor.digest, keyId: verifySignature(sig.manifestBytes, sig.bundleBytes, subject.digest, key.publicKey, 'new signature').keyId}
+/**
+ * Sign an artifact where it is: in the local store (the signature is kept in
+ * index.json, untagged) or in a registry repository (pushed with `subject`;
+ * the client updates the referrers tag index where the registry has no API).
+ */
+export async function signArtifact(
+  target: {store: LayoutStore} | {repository: RemoteRepository; part: string},
+  reference: string,
+  key: {privateKey: KeyObject; publicKey: KeyObject},
+  opts: {created?: string} = {},
+): Promise<SignResult> {
+  const dest: Storage = 'store' in target ? target.store : target.repository
+  const subject = 'store' in target ? await target.store.resolve(reference) : await target.repository.resolve(target.part)
+  const sig = await createSignature(subject, subjectName(reference), localSigner(key.privateKey, key.publicKey), opts)
+  const keyIdHex = verifySignature(sig.manifestBytes, sig.bundleBytes, subject.digest, key.publicKey, 'new signature').keyId
+  await dest.push(EMPTY_DESCRIPTOR, EMPTY_BYTES)
+  await dest.push(sig.bundleDescriptor, sig.bundleBytes)
+  await dest.push(sig.descriptor, sig.manifestBytes)
+  if ('store' in target) await target.store.addUntagged(sig.descriptor)
+  return {reference, subject: subject.digest, signature: sig.descriptor.digest, keyId: keyIdHex}
 }
 
 export function subjectName(reference: string): string {
@@ -70,6 +82,31 @@ export function localSource(store: LayoutStore): SignatureSource {
         n++
       }
       return n
+    },
+  }
+}
+
+/**
+ * Signatures and blobs read from a registry. With `checkBlobs`, every blob is
+ * downloaded and re-hashed (`ovm verify`); without, only the manifest and its
+ * signatures are read (policy checks before a pull, which verifies blobs itself).
+ */
+export function remoteSource(repo: RemoteRepository, opts: {checkBlobs: boolean}): SignatureSource {
+  const bytes = async (d: Descriptor): Promise<Buffer> => collect(await repo.fetch(d), d.size, 64 * 1024 * 1024)
+  return {
+    resolve: (r) => repo.resolve(r.includes('@') ? (r.split('@')[1] as string) : (parseReference(r).tag as string)),
+    referrers: (d, t) => listReferrers(repo, d, t),
+    manifestBytes: (d) => repo.fetchManifestBytes(d),
+    blobBytes: bytes,
+    checkBlobs: async (desc) => {
+      if (!opts.checkBlobs) return 0
+      const manifest = JSON.parse((await repo.fetchManifestBytes(desc)).toString('utf8')) as ImageManifest
+      for (const b of [manifest.config, ...manifest.layers]) {
+        for await (const _ of await repo.fetch(b)) {
+          // the client's stream verifies digest and size
+        }
+      }
+      return manifest.layers.length + 2
     },
   }
 }
