@@ -1,0 +1,13 @@
+/** npm run bench [-- NAME...]: run the named benchmarks (default: all). */
+import {benchRegistry} from './registry.js'
+
+const all: Record<string, () => Promise<void>> = {registry: benchRegistry}
+const names = process.argv.slice(2).filter((a) => !a.startsWith('-'))
+for (const name of names.length > 0 ? names : Object.keys(all)) {
+  const fn = all[name]
+  if (!fn) {
+    console.error(`unknown benchmark ${name}; known: ${Object.keys(all).join(', ')}`)
+    process.exit(2)
+  }
+  await fn()
+}
