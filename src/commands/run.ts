@@ -1,0 +1,134 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand} from '../cli/base-command.js'
+import {connectDaemon, socketFor} from '../contract/daemon.js'
+import type {ContractClient} from '../contract/client.js'
+import type {InstanceStatus} from '../contract/types.js'
+import {AbortError, ExitCode, isOvmError} from '../errors/index.js'
+import {defaultStoreRoot} from '../oci/layout.js'
+import {parseReference} from '../oci/reference.js'
+
+/** Ctrl-] detaches from the console, as in telnet and virsh. */
+export const DETACH_BYTE = 0x1d
+
+export default class Run extends BaseCommand {
+  static summary = 'Start an artifact through the runtime daemon and attach to its console (Ctrl-] detaches).'
+
+  static description =
+    'An artifact with a RAM snapshot is restored instead of booted (--cold boots it). Without a running daemon, one is started in the background ' +
+    '(its log: <store>/serve.log). With -d, prints the instance id and returns; `ovm logs -f ID` and `ovm stop ID` follow it.'
+
+  static examples = [
+    '<%= config.bin %> run example/busybox:1.0',
+    '<%= config.bin %> run -d example/busybox:1.0 --memory 512M --cpus 2',
+    '<%= config.bin %> run example/busybox:warm   # restores its RAM snapshot',
+  ]
+
+  static args = {
+    ref: Args.string({description: 'Artifact reference (local store; a registry reference is pulled first).', required: true}),
+  }
+
+  static flags = {
+    detach: Flags.boolean({char: 'd', description: 'Print the instance id and return instead of attaching.'}),
+    engine: Flags.string({description: 'Engine to run it on.', options: ['qemu', 'kvm'], default: 'qemu'}),
+    memory: Flags.string({char: 'm', description: 'Guest memory, e.g. 256M or 2G (default 256M; a snapshot keeps its own).'}),
+    cpus: Flags.integer({description: 'vCPUs (default 1; a snapshot keeps its own).', min: 1, max: 64}),
+    cold: Flags.boolean({description: 'Boot even when the artifact has a RAM snapshot.'}),
+    socket: Flags.string({description: 'Daemon socket (default: $OVM_SOCKET, else <store>/ovm.sock).', env: 'OVM_SOCKET'}),
+  }
+
+  async run(): Promise<InstanceStatus> {
+    const {args, flags} = await this.parse(Run)
+    const storeRoot = flags.store ?? defaultStoreRoot()
+    const store = this.openStore(storeRoot)
+    try {
+      await store.resolve(args.ref)
+    } catch (err) {
+      if (!(isOvmError(err) && err.code === 'REF_NOT_FOUND' && parseReference(args.ref).registry)) throw err
+      this.note(`${args.ref} is not in the local store; pulling it`)
+      // Keep stdout for this command's own answer (the instance id with -d): pull's output goes to stderr.
+      const write = process.stdout.write
+      process.stdout.write = process.stderr.write.bind(process.stderr) as typeof process.stdout.write
+      try {
+        await this.config.runCommand('pull', [args.ref, '--store', storeRoot])
+      } finally {
+        process.stdout.write = write
+      }
+    }
+    const {client, started} = await connectDaemon({storeRoot, socketPath: socketFor(storeRoot, flags.socket), autoStart: true})
+    if (started) this.note(`started an ovm daemon (log: ${storeRoot}/serve.log)`)
+    const st = await client.start({
+      manifest: args.ref,
+      overrides: {
+        engine: flags.engine as 'qemu' | 'kvm',
+        ...(flags.memory ? {memory: flags.memory} : {}),
+        ...(flags.cpus ? {cpus: flags.cpus} : {}),
+        ...(flags.cold ? {cold_boot: true} : {}),
+      },
+    })
+    if (flags.detach || this.jsonEnabled()) {
+      if (!this.jsonEnabled()) this.log(st.instance_id)
+      return st
+    }
+    this.note(`${st.instance_id} ${st.metrics?.restored ? 'restored' : 'booted'} in ${st.metrics?.start_ms ?? '?'} ms; console attached, Ctrl-] detaches`)
+    let how: 'detached' | 'ended'
+    try {
+      how = await attachConsole(client, st.instance_id)
+    } catch (err) {
+      // It ended before the console attached: show what it printed.
+      if (!(isOvmError(err) && err.code === 'INSTANCE_NOT_RUNNING')) throw err
+      await client.logs(st.instance_id, (r) => r.type === 'console' && process.stdout.write(`${r.line}\n`), {follow: false})
+      how = 'ended'
+    }
+    if (how === 'detached') this.note(`\ndetached; the instance runs on (ovm logs -f ${st.instance_id}, ovm stop ${st.instance_id})`)
+    const final = await client.status(st.instance_id)
+    if (how === 'ended') this.note(`\ninstance ${st.instance_id} ${final.state}${final.exit ? ` (${final.exit.reason})` : ''}`)
+    if (final.state === 'error') {
+      throw new AbortError({
+        code: 'VM_CRASHED',
+        message: `instance ${st.instance_id} ended with an error: ${final.error ?? final.exit?.detail ?? 'the VMM exited unexpectedly'}`,
+        hint: `See \`ovm logs ${st.instance_id}\` and the daemon log.`,
+        exitCode: ExitCode.engine,
+      })
+    }
+    return final
+  }
+}
+
+/** Pipe the terminal to the console until the guest ends or the user presses Ctrl-]. */
+async function attachConsole(client: ContractClient, id: string): Promise<'detached' | 'ended'> {
+  const sock = await client.attach(id)
+  const stdin = process.stdin
+  const raw = stdin.isTTY
+  if (raw) stdin.setRawMode(true)
+  return new Promise((resolve) => {
+    let done = false
+    const finish = (how: 'detached' | 'ended'): void => {
+      if (done) return
+      done = true
+      stdin.off('data', onKey)
+      if (raw) stdin.setRawMode(false)
+      stdin.pause()
+      // A pipe left open by the caller would keep the process alive.
+      if (!stdin.isTTY) stdin.destroy()
+      sock.destroy()
+      resolve(how)
+    }
+    const onKey = (d: Buffer): void => {
+      const i = d.indexOf(DETACH_BYTE)
+      if (i >= 0) {
+        if (i > 0) sock.write(d.subarray(0, i))
+        finish('detached')
+        return
+      }
+      sock.write(d)
+    }
+    sock.on('data', (d: Buffer) => process.stdout.write(d))
+    sock.on('end', () => finish('ended'))
+    sock.on('close', () => finish('ended'))
+    sock.on('error', () => finish('ended'))
+    stdin.on('data', onKey)
+    stdin.on('end', () => undefined) // stdin closed (not a TTY): keep showing output until the guest ends
+    stdin.resume()
+  })
+}
