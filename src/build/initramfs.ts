@@ -3,6 +3,7 @@ import {gzipSync} from 'node:zlib'
 
 import {type CpioEntry, S_IFCHR, S_IFDIR, S_IFREG, cpioNewc} from '../disk/cpio.js'
 import {builtinModules, indexModules, resolveModules} from '../disk/kmod.js'
+import type {BootstrapConfig} from '../artifact/manifest.js'
 import {AbortError, ExitCode, fileError} from '../errors/index.js'
 
 /** Modules the builder needs from a stock distro kernel: virtio-pci, virtio-blk, ext4 (+ crc32c for its checksums). */
@@ -36,8 +37,8 @@ while read -r cmd arg <&3; do
       sync
       echo "@@ovm-step-end $arg $rc"
       say "EXIT $arg $rc" ;;
-    FREEZE) sync; fsfreeze -f $T && say FROZEN || say "ERROR fsfreeze" ;;
-    THAW) fsfreeze -u $T && say THAWED || say "ERROR fsthaw" ;;
+    FREEZE) sync; fsfreeze --freeze $T && say FROZEN || say "ERROR fsfreeze failed" ;;
+    THAW) fsfreeze --unfreeze $T && say THAWED || say "ERROR unfreeze failed" ;;
     POWEROFF)
       for m in $T/.ovm/busybox $T/dev $T/proc $T/sys; do umount $m 2>/dev/null; done
       rm -rf $T/.ovm 2>/dev/null
@@ -68,6 +69,52 @@ exec sh /agent.sh
 `
 }
 
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`
+}
+
+/**
+ * /init of the OVMS-Init profile (rfc/ovms-v0.1.md §7): mount the root disk,
+ * set up /proc /sys /dev, write env to /etc/environment, run entrypoint + cmd
+ * in a chroot at workdir, print the exit status and power off. Without a
+ * command, hand over to the disk's own /sbin/init when it has one.
+ */
+export function ovmsInitScript(modules: string[], cfg: BootstrapConfig): string {
+  const argv = [...(cfg.entrypoint ?? []), ...(cfg.cmd ?? [])]
+  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', ...(cfg.env ?? [])]
+  const w = cfg.workdir ?? '/'
+  return `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec >/dev/console 2>&1
+${modules.map((m) => `insmod /lib/modules/${m}.ko 2>/dev/null`).join('\n')}
+for i in $(seq 1 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+mkdir -p /newroot
+mount -t ext4 /dev/vda /newroot || { echo "@@ovm-error cannot mount the root disk /dev/vda"; poweroff -f; }
+${argv.length === 0 ? `if [ -x /newroot/sbin/init ]; then umount /proc /sys; mount --move /dev /newroot/dev 2>/dev/null; exec switch_root /newroot /sbin/init; fi
+echo "@@ovm-exit 0 (no entrypoint, cmd or /sbin/init)"
+sync; poweroff -f` : `mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/etc /newroot/.ovm
+mount -t proc proc /newroot/proc; mount -t sysfs sysfs /newroot/sys; mount -o bind /dev /newroot/dev
+touch /newroot/.ovm/busybox; mount -o bind /bin/busybox /newroot/.ovm/busybox
+printf '%s\\n' ${(cfg.env ?? []).map(shellQuote).join(' ') || "''"} > /newroot/etc/environment
+hostname ovm
+env -i ${env.map(shellQuote).join(' ')} chroot /newroot /.ovm/busybox sh -c ${shellQuote(`mkdir -p ${shellQuote(w)} && cd ${shellQuote(w)} && exec ${argv.map(shellQuote).join(' ')}`)}
+rc=$?
+echo "@@ovm-exit $rc"
+umount /newroot/.ovm/busybox /newroot/dev /newroot/sys /newroot/proc 2>/dev/null
+sync; umount /newroot; sync
+poweroff -f`}
+`
+}
+
+/** The boot initramfs of a built artifact (OVMS-Init profile). */
+export async function ovmsInitramfs(opts: {modulesDir: string; bootstrap: BootstrapConfig; busybox?: string; extra?: string}): Promise<BuilderInitramfs> {
+  return assembleInitramfs(opts, (mods) => [{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(ovmsInitScript(mods, opts.bootstrap))}])
+}
+
 export interface BuilderInitramfs {
   bytes: Buffer
   modules: string[]
@@ -75,6 +122,13 @@ export interface BuilderInitramfs {
 
 /** Assemble the builder's initramfs (gzip'd newc cpio) from busybox-static and the kernel's modules. */
 export async function buildInitramfs(opts: {modulesDir: string; busybox?: string}): Promise<BuilderInitramfs> {
+  return assembleInitramfs(opts, (mods) => [
+    {name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(initScript(mods))},
+    {name: 'agent.sh', mode: S_IFREG | 0o755, data: Buffer.from(AGENT_SCRIPT)},
+  ])
+}
+
+async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, scripts: (modules: string[]) => CpioEntry[]): Promise<BuilderInitramfs> {
   const busyboxPath = opts.busybox ?? DEFAULT_BUSYBOX
   let busybox: Buffer
   try {
@@ -105,8 +159,7 @@ export async function buildInitramfs(opts: {modulesDir: string; busybox?: string
     dir('lib'),
     dir('lib/modules'),
     {name: 'bin/busybox', mode: S_IFREG | 0o755, data: busybox},
-    {name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(initScript(order.map((m) => m.name)))},
-    {name: 'agent.sh', mode: S_IFREG | 0o755, data: Buffer.from(AGENT_SCRIPT)},
+    ...scripts(order.map((m) => m.name)),
   ]
   for (const m of order) entries.push({name: `lib/modules/${m.name}.ko`, mode: S_IFREG | 0o644, data: await readFile(m.path)})
   return {bytes: gzipSync(cpioNewc(entries), {level: 6}), modules: order.map((m) => m.name)}

@@ -2,20 +2,28 @@ import {dirname, join} from 'node:path'
 
 import {Args, Flags} from '@oclif/core'
 
+import {type BuildResult, executePlan} from '../build/execute.js'
 import type {BuildPlan} from '../build/plan.js'
 import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
+import {QemuEngine} from '../engine/qemu/engine.js'
 import {AbortError, ExitCode} from '../errors/index.js'
-import {shortDigest} from '../ui/format.js'
+import {humanBytes, shortDigest} from '../ui/format.js'
 
 export default class Build extends BaseCommand {
   static summary = 'Build an OVMS artifact from an Ovmfile.'
 
   static description =
     'Parses the Ovmfile, checks the build context, and plans the build: each step with its cache key and whether the cache has it. ' +
-    'With --dry-run it prints the plan and stops.'
+    'With --dry-run it prints the plan and stops. Otherwise it boots one builder VM (the Ovmfile\'s kernel with an initramfs ovm assembles: ' +
+    'busybox, the kernel\'s modules and an agent on the second serial port), runs each uncached step in a chroot of the target disk, ' +
+    'and turns each step that changed the disk into a qcow2 diff layer holding only the clusters it wrote. A rebuild with nothing changed boots no VM.'
 
-  static examples = ['<%= config.bin %> build --dry-run .', '<%= config.bin %> build -f Ovmfile.example --dry-run --json']
+  static examples = [
+    '<%= config.bin %> build -t example/app:1.0 .',
+    '<%= config.bin %> build --dry-run .',
+    '<%= config.bin %> build -f Ovmfile.example --build-arg KERNEL=/boot/vmlinuz-6.1.0-56-amd64 -t app:1 --json',
+  ]
 
   static args = {
     context: Args.string({description: 'Build context folder (default: the Ovmfile\'s folder).'}),
@@ -23,15 +31,16 @@ export default class Build extends BaseCommand {
 
   static flags = {
     file: Flags.string({char: 'f', description: 'The Ovmfile (default: CONTEXT/Ovmfile).'}),
-    tag: Flags.string({char: 't', description: 'Reference to tag the result with; repeatable.', multiple: true, default: []}),
-    'build-arg': Flags.string({description: 'KEY=VALUE for an ARG; repeatable.', multiple: true, default: []}),
+    tag: Flags.string({char: 't', description: 'Reference to tag the result with; repeatable.', multiple: true, multipleNonGreedy: true, default: []}),
+    'build-arg': Flags.string({description: 'KEY=VALUE for an ARG; repeatable.', multiple: true, multipleNonGreedy: true, default: []}),
     'no-cache': Flags.boolean({description: 'Ignore the build cache.'}),
     'dry-run': Flags.boolean({description: 'Print the plan (steps, cache keys, hits and misses) and stop.'}),
-    engine: Flags.string({description: 'Engine for the builder VM.', options: ['kvm', 'qemu']}),
+    engine: Flags.string({description: 'Engine for the builder VM.', options: ['qemu'], default: 'qemu'}),
+    'boot-per-step': Flags.boolean({description: 'Boot a fresh builder for every step (slower; for comparison).', hidden: true}),
     push: Flags.boolean({description: 'Push the tags to their registries after building.'}),
   }
 
-  async run(): Promise<{plan: BuildPlan}> {
+  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number}> {
     const {args, flags} = await this.parse(Build)
     const ovmfile = flags.file ?? join(args.context ?? '.', 'Ovmfile')
     const context = args.context ?? dirname(ovmfile)
@@ -49,15 +58,43 @@ export default class Build extends BaseCommand {
       if (plan.snapshot) this.log(`  then: SNAPSHOT (line ${plan.snapshot.pos.line})`)
       this.log(`${plan.toRun} of ${plan.steps.length} steps to run${plan.fullyCached ? '; no VM needed' : ''}`)
     }
-    if (!flags['dry-run']) {
-      throw new AbortError({
-        code: 'BUILD_NOT_AVAILABLE',
-        message: 'executing a build (the builder VM) is not available in this version of ovm; the plan above is what it would run',
-        hint: 'Use `ovm build --dry-run` to check an Ovmfile and its cache plan, and `ovm pack` to make artifacts from files on disk.',
-        exitCode: ExitCode.engine,
-      })
+    if (flags['dry-run']) return {plan}
+    if (flags.tag.length === 0) {
+      throw new AbortError({code: 'MISSING_TAG', message: 'no tag given for the build result', hint: 'Add -t NAME:TAG, or use --dry-run to only plan.', exitCode: ExitCode.usage})
     }
-    return {plan}
+    if (flags.push) {
+      throw new AbortError({code: 'PUSH_AFTER_BUILD', message: '--push is not available yet', hint: 'Build, then run `ovm push REGISTRY/REPO:TAG --from LOCAL:TAG`.', exitCode: ExitCode.usage})
+    }
+    const engine = new QemuEngine()
+    const t0 = performance.now()
+    const result = await executePlan({
+      store,
+      engine,
+      file: prepared.parsed.ovmfile,
+      plan,
+      context,
+      sources: prepared.sources,
+      tags: flags.tag,
+      bootPerStep: flags['boot-per-step'],
+      onEvent: (e) => {
+        if (this.jsonEnabled()) return
+        if (e.type === 'console') {
+          if (flags.debug || e.line.startsWith('@@ovm-error')) this.note(`builder: ${e.line}`)
+        } else if (e.type === 'boot') this.note(`builder up in ${(e.ms / 1000).toFixed(1)} s`)
+        else if (e.type === 'step-cached') this.note(`[${e.step.index + 1}/${plan.steps.length}] CACHED line ${e.step.line}: ${e.step.text}`)
+        else if (e.type === 'step-start') this.note(`[${e.step.index + 1}/${plan.steps.length}] line ${e.step.line}: ${e.step.text}`)
+        else if (e.type === 'step-output') this.note(`    ${e.line}`)
+        else if (e.type === 'step-done') {
+          this.note(`    done in ${(e.ms / 1000).toFixed(1)} s, ${e.layer ? `layer ${shortDigest(e.layer.digest)} ${humanBytes(e.layer.size)}` : 'no change to the disk'}`)
+        }
+      },
+    })
+    const seconds = (performance.now() - t0) / 1000
+    if (!this.jsonEnabled()) {
+      for (const r of result.references) this.log(`${r}@${result.digest}`)
+      this.note(`built in ${seconds.toFixed(1)} s: ${result.stepsRun} steps run, ${result.stepsCached} cached, ${result.boots} builder boot${result.boots === 1 ? '' : 's'}`)
+    }
+    return {plan, result, seconds}
   }
 }
 

@@ -26,14 +26,14 @@ export default class Pack extends BaseCommand {
     initrd: Flags.string({description: 'Initial ramdisk.'}),
     cmdline: Flags.string({description: 'Kernel command line.'}),
     modules: Flags.string({description: 'Tar of the kernel modules (/lib/modules/VERSION).'}),
-    disk: Flags.string({description: 'Disk layer FILE[:qcow2|raw], base first; repeat for diffs.', multiple: true, default: []}),
+    disk: Flags.string({description: 'Disk layer FILE[:qcow2|raw], base first; repeat for diffs.', multiple: true, multipleNonGreedy: true, default: []}),
     'ram-snapshot': Flags.string({description: 'RAM snapshot file.'}),
     'ram-snapshot-compression': Flags.string({description: 'Compression of the RAM snapshot (detected when left out).', options: ['lz4', 'zstd', 'none']}),
     bootstrap: Flags.string({description: 'Bootstrap config JSON (env, workdir, entrypoint, cmd, exposedPorts).'}),
     author: Flags.string({description: 'metadata.author'}),
     created: Flags.string({description: 'metadata.created (RFC 3339); default SOURCE_DATE_EPOCH or now.'}),
-    annotation: Flags.string({description: 'KEY=VALUE annotation; repeatable.', multiple: true, default: []}),
-    tag: Flags.string({char: 't', description: 'Reference to tag the artifact with; repeatable.', multiple: true, required: true}),
+    annotation: Flags.string({description: 'KEY=VALUE annotation; repeatable.', multiple: true, multipleNonGreedy: true, default: []}),
+    tag: Flags.string({char: 't', description: 'Reference to tag the artifact with; repeatable.', multiple: true, multipleNonGreedy: true, required: true}),
   }
 
   async run(): Promise<PackResult> {

@@ -35,7 +35,7 @@ export default class Validate extends BaseCommand {
 
   static flags = {
     context: Flags.string({description: 'Build context for an Ovmfile (default: its folder).'}),
-    'build-arg': Flags.string({description: 'KEY=VALUE for an ARG; repeatable.', multiple: true, default: []}),
+    'build-arg': Flags.string({description: 'KEY=VALUE for an ARG; repeatable.', multiple: true, multipleNonGreedy: true, default: []}),
   }
 
   async run(): Promise<ValidateResult> {

@@ -19,7 +19,7 @@ export default class Verify extends BaseCommand {
   }
 
   static flags = {
-    key: Flags.string({description: 'Trusted public key (PEM); repeatable.', multiple: true, required: true}),
+    key: Flags.string({description: 'Trusted public key (PEM); repeatable.', multiple: true, multipleNonGreedy: true, required: true}),
     ...registryFlags,
   }
 

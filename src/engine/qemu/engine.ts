@@ -17,6 +17,7 @@ import {join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {promisify} from 'node:util'
 
+import {createOverlay} from '../../disk/unpack.js'
 import {AbortError, ExitCode} from '../../errors/index.js'
 import type {
   Acceleration,
@@ -507,12 +508,15 @@ class QemuVm implements VmHandle {
       const d = this.spec.disks[disk]
       if (!d || d.readOnly) throw engineError('NO_SUCH_DISK', `disk ${disk} does not exist or is read-only`, 'Name a writable disk of the VM (0 = the first).')
       await rm(path, {force: true})
+      // Made here rather than by QEMU (which would print "Formatting ..." on the console's stdout).
+      await createOverlay({path: this.overlays[disk] as string, format: 'qcow2'}, path)
       // With -blockdev the device follows the new top node; the old overlay stays as its backing file, frozen.
       await this.live('add an overlay').execute('blockdev-snapshot-sync', {
         'node-name': this.nodes[disk],
         'snapshot-file': path,
         'snapshot-node-name': `disk${disk}-o${++this.overlayCount}`,
         format: 'qcow2',
+        mode: 'existing',
       })
       this.nodes[disk] = `disk${disk}-o${this.overlayCount}`
       this.overlays[disk] = path

@@ -1,0 +1,484 @@
+import {execFile} from 'node:child_process'
+import {createReadStream} from 'node:fs'
+import {chmod, copyFile, cp, mkdir, mkdtemp, rm, stat, truncate, writeFile} from 'node:fs/promises'
+import {connect, type Socket} from 'node:net'
+import {join, resolve} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {promisify} from 'node:util'
+
+import type {BootstrapConfig, OvmsManifest} from '../artifact/manifest.js'
+import {OvmsAnnotation, OvmsMediaType, layerTitle} from '../artifact/media-types.js'
+import {buildArtifact} from '../artifact/oci.js'
+import {probeDiskImage} from '../disk/image.js'
+import {singleFileTar, singleFileTarSize} from '../disk/tar.js'
+import {type ChainFormat, createOverlay, unpackDiskChain} from '../disk/unpack.js'
+import type {Engine, VmHandle} from '../engine/types.js'
+import {AbortError, ExitCode, fileError} from '../errors/index.js'
+import {Annotation, type Descriptor, jsonBytes} from '../oci/descriptor.js'
+import {type LayoutStore, writeAtomic} from '../oci/layout.js'
+import {withFileLock} from '../oci/lock.js'
+import type {Ovmfile, Step} from '../ovmfile/types.js'
+import {buildInitramfs, ovmsInitramfs} from './initramfs.js'
+import type {BuildPlan, CacheEntry, CacheIndex, PlannedStep} from './plan.js'
+import {cacheIndexPath, readCacheIndex} from './prepare.js'
+
+const run = promisify(execFile)
+
+export type BuildEvent =
+  | {type: 'step-start'; step: PlannedStep}
+  | {type: 'step-cached'; step: PlannedStep}
+  | {type: 'step-output'; step: PlannedStep; line: string}
+  | {type: 'step-done'; step: PlannedStep; ms: number; layer?: Descriptor}
+  | {type: 'phase'; phase: string}
+  | {type: 'boot'; ms: number}
+  /** Builder console lines outside any step (boot messages, agent errors). */
+  | {type: 'console'; line: string}
+
+export interface ExecuteOptions {
+  store: LayoutStore
+  engine: Engine
+  file: Ovmfile
+  plan: BuildPlan
+  context: string
+  sources: ReadonlyMap<string, {source: string; digest: string}>
+  tags: string[]
+  /** Boot the builder once per step instead of once per build (for comparison). */
+  bootPerStep?: boolean
+  memoryMiB?: number
+  onEvent?: (e: BuildEvent) => void
+}
+
+export interface BuildResult {
+  references: string[]
+  digest: string
+  layers: number
+  boots: number
+  stepsRun: number
+  stepsCached: number
+  ovms: OvmsManifest
+}
+
+/** The cache entry of a base disk also records its format and virtual size. */
+interface BaseCacheEntry extends CacheEntry {
+  format: ChainFormat
+  diskSize: string
+}
+
+interface DiskLayer {
+  descriptor: Descriptor
+  format: ChainFormat
+}
+
+/** Store a disk image file as a one-file tar layer. */
+async function ingestDisk(store: LayoutStore, path: string, index: number): Promise<DiskLayer> {
+  const info = await probeDiskImage(path)
+  const tar = singleFileTar(`disk.${info.format}`, info.fileSize, createReadStream(path))
+  const {digest, size} = await store.ingest(tar, singleFileTarSize(info.fileSize))
+  return {
+    descriptor: {
+      mediaType: OvmsMediaType.diskLayer,
+      digest,
+      size,
+      annotations: {[Annotation.title]: layerTitle('disk', index), [OvmsAnnotation.format]: info.format, [OvmsAnnotation.diskSize]: String(info.virtualSize)},
+    },
+    format: info.format,
+  }
+}
+
+async function writeCache(store: LayoutStore, update: (c: Record<string, CacheEntry>) => void): Promise<void> {
+  const path = cacheIndexPath(store)
+  await mkdir(join(store.root, 'cache'), {recursive: true})
+  await withFileLock(`${path}.lock`, async () => {
+    const cur = {...(await readCacheIndex(store))} as Record<string, CacheEntry>
+    update(cur)
+    await writeAtomic(path, Buffer.from(JSON.stringify(cur, null, 1)))
+  })
+}
+
+/** The base disk of the build: a cached layer, made once. */
+async function baseLayer(store: LayoutStore, file: Ovmfile, plan: BuildPlan, context: string, cache: CacheIndex, work: string): Promise<DiskLayer[]> {
+  const from = file.from!
+  if (from.kind === 'artifact') {
+    const {loadArtifact} = await import('../artifact/load.js')
+    const a = await loadArtifact(store, from.ref)
+    return a.layers.filter((l) => l.role === 'disk').map((l) => ({descriptor: l.descriptor, format: l.descriptor.annotations?.[OvmsAnnotation.format] as ChainFormat}))
+  }
+  const key = `base:${plan.base.key}`
+  const hit = cache[key] as BaseCacheEntry | undefined
+  const st = hit?.layer ? await stat(store.blobPath(hit.layer)).catch(() => undefined) : undefined
+  if (hit?.layer && st) {
+    const annotations = {[Annotation.title]: layerTitle('disk', 0), [OvmsAnnotation.format]: hit.format, [OvmsAnnotation.diskSize]: hit.diskSize}
+    return [{descriptor: {mediaType: OvmsMediaType.diskLayer, digest: hit.layer, size: st.size, annotations}, format: hit.format}]
+  }
+  let path: string
+  if (from.kind === 'scratch') {
+    const raw = join(work, 'base.raw')
+    await writeFile(raw, '')
+    await truncate(raw, from.size)
+    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', 'root_owner=0:0', '-L', 'ovm-root', raw]).catch((err: unknown) => {
+      throw new AbortError({code: 'MKFS_FAILED', message: `mke2fs failed: ${(err as {stderr?: string}).stderr ?? err}`, hint: 'Install e2fsprogs.', exitCode: ExitCode.engine})
+    })
+    path = join(work, 'base.qcow2')
+    await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, path])
+    await rm(raw, {force: true})
+  } else {
+    path = resolve(context, from.path)
+  }
+  const layer = await ingestDisk(store, path, 0)
+  const entry: BaseCacheEntry = {
+    layer: layer.descriptor.digest,
+    createdAt: new Date().toISOString(),
+    format: layer.format,
+    diskSize: layer.descriptor.annotations?.[OvmsAnnotation.diskSize] as string,
+  }
+  await writeCache(store, (c) => {
+    c[key] = entry
+  })
+  return [layer]
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`
+}
+
+/** The script the agent runs for one step (in the guest, target mounted at /mnt/target). */
+export function stepScript(step: Step): string {
+  const env = {...step.args, ...step.env}
+  const lines = ['set -e', 'T=/mnt/target', `W=${shellQuote(step.workdir)}`]
+  if (step.kind === 'COPY') {
+    const dest = step.dest
+    const dirDest = dest.endsWith('/') || step.sources.length > 1
+    lines.push(dirDest ? `mkdir -p "$T"${shellQuote(dest)}` : `mkdir -p "$(dirname "$T"${shellQuote(dest)})"`)
+    step.sources.forEach((_, i) => {
+      const src = `/ctx/steps/${step.index}/files/${i}`
+      lines.push(`for f in ${src}/* ${src}/.[!.]*; do [ -e "$f" ] || continue; ` + (dirDest ? `cp -a "$f" "$T"${shellQuote(dest.replace(/\/?$/, '/'))}; done` : `cp -a "$f" "$T"${shellQuote(dest)}; done`))
+    })
+    const targets = dirDest ? step.sources.map((s) => `"$T"${shellQuote(dest.replace(/\/?$/, '/') + s.replace(/\/+$/, '').split('/').pop())}`) : [`"$T"${shellQuote(dest)}`]
+    if (step.chown) {
+      const owner = shellQuote(step.chown.user + (step.chown.group ? `:${step.chown.group}` : ''))
+      // Numeric owners need nothing from the target; names are looked up in its /etc/passwd and /etc/group.
+      const numeric = /^\d+$/.test(step.chown.user) && (!step.chown.group || /^\d+$/.test(step.chown.group))
+      lines.push(numeric ? `chown -R ${owner} ${targets.join(' ')}` : `chroot "$T" /bin/sh -c ${shellQuote(`chown -R ${owner} ${targets.map((t) => t.replace('"$T"', '')).join(' ')}`)}`)
+    }
+    if (step.chmod !== undefined) lines.push(`chmod -R ${step.chmod.toString(8)} ${targets.join(' ')}`)
+    return [...lines, ''].join('\n')
+  }
+  // RUN: in a chroot of the target, with /proc /sys /dev, and busybox when the target has no shell.
+  lines.push(
+    'mkdir -p "$T/proc" "$T/sys" "$T/dev" "$T$W"',
+    'mount -t proc proc "$T/proc"; mount -t sysfs sysfs "$T/sys"; mount -o bind /dev "$T/dev"',
+    'SH=/bin/sh',
+    'if [ ! -x "$T/bin/sh" ]; then mkdir -p "$T/.ovm"; touch "$T/.ovm/busybox"; mount -o bind /bin/busybox "$T/.ovm/busybox"; SH="/.ovm/busybox sh"; fi',
+    'set +e',
+  )
+  // The command reaches the chroot's shell through the environment, so no quoting is nested;
+  // the shell unsets OVM_* before running it.
+  const inner =
+    typeof step.command === 'string'
+      ? 'cd "$OVM_WORKDIR" && c=$OVM_CMD && s=$OVM_SH && unset OVM_WORKDIR OVM_CMD OVM_SH && exec $s -c "$c"'
+      : 'cd "$OVM_WORKDIR" && unset OVM_WORKDIR OVM_CMD OVM_SH && exec "$@"'
+  const envArgs = Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}`)
+  const cmdEnv = typeof step.command === 'string' ? `OVM_CMD=${shellQuote(step.command)}` : ''
+  const argv = typeof step.command === 'string' ? '' : ` ovm-step ${step.command.map(shellQuote).join(' ')}`
+  lines.push(
+    `env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root ${envArgs.join(' ')} OVM_WORKDIR="$W" OVM_SH="$SH" ${cmdEnv} chroot "$T" $SH -c ${shellQuote(inner)}${argv}`,
+  )
+  lines.push('rc=$?', 'umount "$T/.ovm/busybox" 2>/dev/null; rm -rf "$T/.ovm"', 'umount "$T/dev" "$T/sys" "$T/proc"', 'exit $rc', '')
+  return lines.join('\n')
+}
+
+/** Lay out the context disk: each step's script and COPY sources, as a tar (a raw, read-only disk). */
+async function contextDisk(work: string, file: Ovmfile, steps: PlannedStep[], context: string): Promise<string> {
+  const root = join(work, 'ctx')
+  for (const p of steps) {
+    const step = file.steps[p.index] as Step
+    const dir = join(root, 'steps', String(step.index))
+    await mkdir(dir, {recursive: true})
+    await writeFile(join(dir, 'run.sh'), stepScript(step))
+    if (step.kind === 'COPY') {
+      for (const [i, s] of step.sources.entries()) {
+        const dst = join(dir, 'files', String(i))
+        await mkdir(dst, {recursive: true})
+        const src = resolve(context, s)
+        const st = await stat(src).catch((err: unknown) => {
+          throw fileError(err, src, 'COPY source')
+        })
+        if (st.isDirectory()) await cp(src, join(dst, s.replace(/\/+$/, '').split('/').pop() as string), {recursive: true, preserveTimestamps: true, verbatimSymlinks: true})
+        else {
+          await copyFile(src, join(dst, s.split('/').pop() as string))
+          await chmod(join(dst, s.split('/').pop() as string), st.mode & 0o7777)
+        }
+      }
+    }
+  }
+  const tar = join(work, 'ctx.tar')
+  await run('tar', ['--numeric-owner', '--owner=0', '--group=0', '-cf', tar, '-C', root, '.'])
+  const size = (await stat(tar)).size
+  await truncate(tar, Math.ceil(size / 512) * 512 + 512)
+  return tar
+}
+
+/** The agent's line channel over the builder's COM2 socket. */
+class AgentChannel {
+  private buf = ''
+  private waiters: {match: (l: string) => boolean; resolve: (l: string) => void}[] = []
+  private backlog: string[] = []
+
+  constructor(private readonly sock: Socket) {
+    sock.setEncoding('utf8')
+    sock.on('data', (d: string) => {
+      this.buf += d
+      let i: number
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        const line = this.buf.slice(0, i).replace(/\r$/, '')
+        this.buf = this.buf.slice(i + 1)
+        const w = this.waiters.findIndex((x) => x.match(line))
+        if (w >= 0) this.waiters.splice(w, 1)[0]!.resolve(line)
+        else this.backlog.push(line)
+      }
+    })
+  }
+
+  static async connect(path: string, timeoutMs: number): Promise<AgentChannel> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      try {
+        const sock = await new Promise<Socket>((res, rej) => {
+          const s = connect(path)
+          s.once('connect', () => res(s))
+          s.once('error', rej)
+        })
+        return new AgentChannel(sock)
+      } catch (err) {
+        if (Date.now() > deadline) throw err
+        await sleep(50)
+      }
+    }
+  }
+
+  send(line: string): void {
+    this.sock.write(`${line}\n`)
+  }
+
+  /** The next line that `match`es; rejects on an agent ERROR line or when the VM ends first. */
+  expect(match: (l: string) => boolean, vm: VmHandle, what: string): Promise<string> {
+    const i = this.backlog.findIndex((l) => match(l) || l.startsWith('ERROR '))
+    if (i >= 0) {
+      const line = this.backlog.splice(i, 1)[0] as string
+      return line.startsWith('ERROR ') && !match(line) ? Promise.reject(agentError(line, what)) : Promise.resolve(line)
+    }
+    return new Promise((res, rej) => {
+      this.waiters.push({
+        match: (l) => match(l) || l.startsWith('ERROR '),
+        resolve: (l) => (match(l) ? res(l) : rej(agentError(l, what))),
+      })
+      vm.wait().then((st) => rej(new AbortError({code: 'BUILDER_DIED', message: `the builder VM ended (${st.reason}) while ${what}`, hint: 'Run with --debug to see the builder console.', exitCode: ExitCode.engine})))
+    })
+  }
+
+  close(): void {
+    this.sock.destroy()
+  }
+}
+
+function agentError(line: string, what: string): AbortError {
+  return new AbortError({code: 'BUILDER_AGENT', message: `the builder agent failed while ${what}: ${line.slice(6)}`, hint: 'Run with --debug to see the builder console.', exitCode: ExitCode.engine})
+}
+
+/** A step's overlay as a diff layer, or undefined when the step wrote nothing. */
+async function stepLayer(store: LayoutStore, path: string, index: number): Promise<DiskLayer | undefined> {
+  const {stdout} = await run('qemu-img', ['check', '--output=json', path]).catch((err: {stdout?: string; stderr?: string}) => {
+    throw new AbortError({code: 'LAYER_CORRUPT', message: `qemu-img check failed on the step overlay ${path}: ${err.stderr ?? err.stdout}`, hint: 'This is a bug in the builder; run with --debug and report it.', exitCode: ExitCode.engine})
+  })
+  const allocated = (JSON.parse(stdout) as {'allocated-clusters'?: number})['allocated-clusters'] ?? 0
+  if (allocated === 0) return undefined
+  // The backing file name is the builder's temporary path: drop it; the chain is relinked when unpacked.
+  await run('qemu-img', ['rebase', '-u', '-b', '', path])
+  return ingestDisk(store, path, index)
+}
+
+/** Run the plan: boot the builder, run each uncached step, turn each into a diff layer, and assemble the artifact. */
+export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
+  const {store, file, plan, engine} = opts
+  const emit = opts.onEvent ?? (() => undefined)
+  await store.init()
+  await mkdir(join(store.root, 'cache'), {recursive: true})
+  const work = await mkdtemp(join(store.root, 'cache', 'build-'))
+  const cache = await readCacheIndex(store)
+  try {
+    emit({type: 'phase', phase: 'base'})
+    const layers: DiskLayer[] = await baseLayer(store, file, plan, opts.context, cache, work)
+    const baseCount = layers.length
+    for (const s of plan.steps) {
+      if (!s.cached) break
+      emit({type: 'step-cached', step: s})
+      if (s.layer) {
+        const st = await stat(store.blobPath(s.layer))
+        const diskSize = layers[0]?.descriptor.annotations?.[OvmsAnnotation.diskSize]
+        const annotations = {[OvmsAnnotation.format]: 'qcow2', ...(diskSize ? {[OvmsAnnotation.diskSize]: diskSize} : {})}
+        layers.push({descriptor: {mediaType: OvmsMediaType.diskLayer, digest: s.layer, size: st.size, annotations}, format: 'qcow2'})
+      }
+    }
+    const toRun = plan.steps.filter((s) => !s.cached)
+    let boots = 0
+    const stepMs = new Map<number, number>()
+    if (toRun.length > 0) {
+      const kernelPath = resolve(opts.context, file.kernel!.ref)
+      if (!file.kernel?.modules) {
+        throw new AbortError({code: 'NO_MODULES', message: `${file.source}:${file.kernel?.pos.line ?? 1}: the builder needs the kernel's modules`, hint: 'Write KERNEL PATH MODULES /lib/modules/VERSION.', exitCode: ExitCode.invalid})
+      }
+      const initrd = join(work, 'builder-initrd.gz')
+      await writeFile(initrd, (await buildInitramfs({modulesDir: resolve(opts.context, file.kernel.modules)})).bytes)
+      const ctx = await contextDisk(work, file, toRun, opts.context)
+      const groups = opts.bootPerStep ? toRun.map((s) => [s]) : [toRun]
+      for (const group of groups) {
+        boots++
+        const chain = await unpackDiskChain(store, layers)
+        const overlays = group.map((_, i) => join(work, `step-${group[0]!.index + i}.qcow2`))
+        await createOverlay(chain.at(-1)!, overlays[0]!)
+        const agentSock = join(work, `agent-${boots}.sock`)
+        const t0 = Date.now()
+        const vm = await engine.boot({
+          kernel: kernelPath,
+          initrd,
+          cmdline: 'console=ttyS0 panic=-1 quiet',
+          memoryMiB: opts.memoryMiB ?? 512,
+          cpus: 1,
+          disks: [
+            {chain: chain.map((c) => ({path: c.path, format: c.format})), overlay: overlays[0]!},
+            {chain: [{path: ctx, format: 'raw'}], overlay: '', readOnly: true},
+          ],
+          devices: [],
+          workDir: work,
+          agentSocket: agentSock,
+        })
+        let current: PlannedStep | undefined
+        const off = vm.on((e) => {
+          if (e.type !== 'console' || e.line.startsWith('@@ovm-step-')) return
+          if (current) emit({type: 'step-output', step: current, line: e.line})
+          else emit({type: 'console', line: e.line})
+        })
+        let failed: {step: PlannedStep; rc: number} | undefined
+        let done = 0
+        try {
+          const agent = await AgentChannel.connect(agentSock, 30_000)
+          await agent.expect((l) => l === 'READY', vm, 'booting')
+          emit({type: 'boot', ms: Date.now() - t0})
+          for (const [i, step] of group.entries()) {
+            current = step
+            emit({type: 'step-start', step})
+            const s0 = Date.now()
+            agent.send(`STEP ${step.index}`)
+            const exit = await agent.expect((l) => l.startsWith(`EXIT ${step.index} `), vm, `running line ${step.line}`)
+            current = undefined
+            const rc = Number(exit.split(' ')[2])
+            if (rc !== 0) {
+              failed = {step, rc}
+              break
+            }
+            stepMs.set(step.index, Date.now() - s0)
+            done++
+            const next = overlays[i + 1]
+            if (next) {
+              agent.send('FREEZE')
+              await agent.expect((l) => l === 'FROZEN', vm, 'freezing the file system')
+              await vm.addOverlay!(0, next)
+              agent.send('THAW')
+              await agent.expect((l) => l === 'THAWED', vm, 'thawing the file system')
+            }
+          }
+          agent.send('POWEROFF')
+          await agent.expect((l) => l === 'BYE', vm, 'powering off').catch(() => undefined)
+          await vm.wait()
+          agent.close()
+        } finally {
+          off()
+          if (vm.state !== 'stopped') await vm.stop({graceMs: 2000}).catch(() => undefined)
+        }
+        // Every step that finished becomes a layer (and a cache entry), even when a later one failed.
+        for (const [i, step] of group.slice(0, done).entries()) {
+          const layer = await stepLayer(store, overlays[i] as string, layers.length)
+          if (layer) layers.push(layer)
+          await writeCache(store, (c) => {
+            c[step.cacheKey] = {...(layer ? {layer: layer.descriptor.digest} : {}), createdAt: new Date().toISOString()}
+          })
+          emit({type: 'step-done', step, ms: stepMs.get(step.index) ?? 0, layer: layer?.descriptor})
+        }
+        if (failed) {
+          throw new AbortError({
+            code: 'STEP_FAILED',
+            message: `${file.source}:${failed.step.line}: ${failed.step.text} failed with exit status ${failed.rc}`,
+            hint: `Fix the step; the ${done + plan.steps.length - toRun.length} step(s) before it are cached, so the next build resumes here.`,
+            exitCode: ExitCode.buildFailed,
+            ref: `${file.source}:${failed.step.line}`,
+          })
+        }
+      }
+    }
+    emit({type: 'phase', phase: 'assemble'})
+    const result = await assemble(store, opts, layers, work)
+    return {...result, boots, stepsRun: toRun.length, stepsCached: plan.steps.length - toRun.length, layers: layers.length - baseCount + 1}
+  } finally {
+    await rm(work, {recursive: true, force: true})
+  }
+}
+
+/** Kernel, boot initramfs (OVMS-Init), disk layers and bootstrap config → an artifact in the store. */
+async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], work: string): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'layers'>> {
+  const {file} = opts
+  const kernelPath = resolve(opts.context, file.kernel!.ref)
+  const kernelSize = (await stat(kernelPath).catch((err: unknown) => {
+    throw fileError(err, kernelPath, 'kernel')
+  })).size
+  const k = await store.ingest(createReadStream(kernelPath), kernelSize)
+  const layers: Descriptor[] = [{mediaType: OvmsMediaType.kernel, digest: k.digest, size: k.size, annotations: {[Annotation.title]: layerTitle('kernel')}}]
+  const bootstrap: BootstrapConfig = {
+    ...(Object.keys(file.env).length ? {env: Object.entries(file.env).map(([a, b]) => `${a}=${b}`)} : {}),
+    workdir: file.workdir,
+    ...(file.entrypoint ? {entrypoint: file.entrypoint} : {}),
+    ...(file.cmd ? {cmd: file.cmd} : {}),
+    ...(file.exposedPorts.length ? {exposedPorts: file.exposedPorts} : {}),
+    profile: 'ovms-init',
+  }
+  let initrdDesc: Descriptor | undefined
+  if (file.kernel?.modules) {
+    const bytes = (await ovmsInitramfs({modulesDir: resolve(opts.context, file.kernel.modules), bootstrap, extra: file.initrd ? resolve(opts.context, file.initrd) : undefined})).bytes
+    initrdDesc = {...(await store.pushBytes(OvmsMediaType.initrd, bytes)), annotations: {[Annotation.title]: layerTitle('initrd')}}
+    layers.push(initrdDesc)
+  }
+  layers.push(...disks.map((d, i) => ({...d.descriptor, annotations: {...d.descriptor.annotations, [Annotation.title]: layerTitle('disk', i)}})))
+  const bootDesc = {...(await store.pushBytes(OvmsMediaType.bootstrapConfig, jsonBytes(bootstrap))), annotations: {[Annotation.title]: layerTitle('bootstrap')}}
+  layers.push(bootDesc)
+  void work
+  const name = file.labels['org.opencontainers.image.title'] ?? nameFromTag(opts.tags[0])
+  const ovms: OvmsManifest = {
+    schemaVersion: 1,
+    mediaType: OvmsMediaType.manifest,
+    name,
+    version: file.labels['org.opencontainers.image.version'] ?? tagOf(opts.tags[0]),
+    kernel: {ref: k.digest, args: file.cmdline ?? 'console=ttyS0 panic=-1'},
+    ...(initrdDesc ? {initrd: {ref: initrdDesc.digest}} : {}),
+    diskLayers: disks.map((d) => ({ref: d.descriptor.digest, format: d.format, size: Number(d.descriptor.annotations?.[OvmsAnnotation.diskSize] ?? 0)})),
+    ...(file.devices.length ? {devices: file.devices} : {}),
+    metadata: {created: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'), platform: {arch: 'x86_64', uefi: false}},
+    bootstrap: {ref: bootDesc.digest},
+    ...(Object.keys(file.labels).length ? {annotations: file.labels} : {}),
+  }
+  const built = buildArtifact(ovms, layers)
+  await store.push(built.config, built.configBytes)
+  await store.push(built.descriptor, built.manifestBytes)
+  for (const t of opts.tags) await store.tag(built.descriptor, t)
+  if (opts.tags.length === 0) await store.addUntagged(built.descriptor)
+  return {references: opts.tags, digest: built.descriptor.digest, ovms: built.ovms}
+}
+
+function nameFromTag(tag?: string): string {
+  if (!tag) return 'ovm/build'
+  const noTag = tag.replace(/:[^/:]+$/, '')
+  return noTag.split('/').filter((p) => !p.includes('.') && !p.includes(':')).join('/') || 'ovm/build'
+}
+
+function tagOf(tag?: string): string {
+  const m = tag ? /:([^/:]+)$/.exec(tag) : null
+  return m?.[1] ?? 'latest'
+}
