@@ -7,39 +7,14 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {loadArtifact} from '../../src/artifact/load.js'
 import {LayoutStore} from '../../src/oci/layout.js'
-import {INITRAMFS, KERNEL, heartbeatInitramfs, lastHeartbeat, until, vmSkipReason, holdVmLock} from '../engine/helpers.js'
+import {INITRAMFS, KERNEL, heartbeatInitramfs, holdVmLock, lastHeartbeat, stopDaemon, until, vmSkipReason} from '../engine/helpers.js'
 import {BIN, ovm} from '../helpers/cli.js'
 
 const home = mkdtempSync(join(tmpdir(), 'ovm-cli-'))
 const skip = vmSkipReason()
 
-/** The daemon `ovm run` started, from the first line of its log. */
-function daemonPid(): number | undefined {
-  try {
-    const m = /pid (\d+)\)/.exec(readFileSync(join(home, 'serve.log'), 'utf8'))
-    return m ? Number(m[1]) : undefined
-  } catch {
-    return undefined
-  }
-}
-
 afterAll(async () => {
-  const pid = daemonPid()
-  if (pid) {
-    try {
-      process.kill(pid, 'SIGTERM')
-    } catch {
-      // already gone
-    }
-    await until(() => {
-      try {
-        process.kill(pid, 0)
-        return false
-      } catch {
-        return true
-      }
-    }, 10_000, 'the daemon to exit').catch(() => undefined)
-  }
+  await stopDaemon(home)
   rmSync(home, {recursive: true, force: true})
 })
 
@@ -84,7 +59,7 @@ describe.skipIf(skip)('ovm run / ps / logs / snapshot / stop (TCG)', () => {
     expect(r.code, r.stderr).toBe(0)
     expect(r.stdout.trim()).toMatch(/^[a-f0-9]{12}$/)
     id = r.stdout.trim()
-    expect(daemonPid()).toBeGreaterThan(0)
+    expect(readFileSync(join(home, 'serve.log'), 'utf8')).toMatch(/pid \d+\)/)
     const ps = await ovm(['ps', '--json'], {home})
     expect(JSON.parse(ps.stdout).instances).toEqual([expect.objectContaining({instance_id: id, state: 'running'}), expect.objectContaining({state: 'stopped'})])
   })

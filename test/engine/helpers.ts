@@ -109,3 +109,29 @@ export async function holdVmLock(): Promise<() => void> {
   })
   return release
 }
+
+/** Stop the daemon `ovm run` started for a store (its pid is in the first line of serve.log). */
+export async function stopDaemon(home: string): Promise<void> {
+  let pid: number | undefined
+  try {
+    const m = /pid (\d+)\)/.exec(readFileSync(join(home, 'serve.log'), 'utf8'))
+    pid = m ? Number(m[1]) : undefined
+  } catch {
+    return
+  }
+  if (!pid) return
+  try {
+    process.kill(pid, 'SIGTERM')
+  } catch {
+    return // already gone
+  }
+  const alive = (): boolean => {
+    try {
+      process.kill(pid, 0)
+      return true
+    } catch {
+      return false
+    }
+  }
+  await until(() => !alive(), 10_000, 'the daemon to exit').catch(() => undefined)
+}

@@ -1,0 +1,127 @@
+import {execFile} from 'node:child_process'
+import {copyFileSync, mkdirSync, readFileSync, writeFileSync} from 'node:fs'
+import {join} from 'node:path'
+import {promisify} from 'node:util'
+
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {FIXTURES, ovm, tempDir} from '../helpers/cli.js'
+import {holdVmLock, stopDaemon, vmSkipReason} from '../engine/helpers.js'
+
+const run = promisify(execFile)
+const skip = vmSkipReason()
+const KERNEL_ROOT = FIXTURES
+
+const OVMFILE = `# a busybox VM made from scratch
+ARG KERNEL_ROOT
+FROM scratch 96M
+KERNEL \${KERNEL_ROOT}/vmlinuz MODULES \${KERNEL_ROOT}/kernel-root/lib/modules/6.1.0-56-amd64
+CMDLINE "console=ttyS0 panic=-1 quiet"
+COPY --chmod=0755 busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ENV GREETING="hello world"
+WORKDIR /srv/app
+COPY --chown=1000:1000 --chmod=0640 data.txt ./
+RUN mkdir -p /etc && echo "built by ovm" > /etc/motd
+RUN true
+ENTRYPOINT ["/bin/sh", "-c", "echo \\"env=$GREETING cwd=$(pwd)\\"; stat -c 'data %u:%g %a' data.txt; cat data.txt /etc/motd"]
+`
+
+describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
+  const tmp = tempDir('ovm-build-')
+  const home = join(tmp.path, 'home')
+  const ctx = join(tmp.path, 'ctx')
+  let release: () => void
+  const build = (extra: string[] = []): ReturnType<typeof ovm> =>
+    ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', 'test/app:1', '--json', ...extra], {home})
+
+  beforeAll(async () => {
+    release = await holdVmLock()
+    mkdirSync(ctx, {recursive: true})
+    copyFileSync('/bin/busybox', join(ctx, 'busybox'))
+    writeFileSync(join(ctx, 'data.txt'), 'first version\n')
+    writeFileSync(join(ctx, 'Ovmfile'), OVMFILE)
+  })
+  afterAll(async () => {
+    await stopDaemon(home)
+    release?.()
+    tmp.cleanup()
+  })
+
+  it('builds a layered artifact whose files, owners, modes and env show up when it boots', async () => {
+    const r = await build()
+    expect(r.code, r.stderr + r.stdout).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.result).toMatchObject({boots: 1, stepsRun: 5, stepsCached: 0})
+    const info = JSON.parse((await ovm(['inspect', 'test/app:1', '--json'], {home})).stdout)
+    const disks = info.layers.filter((l: {role: string}) => l.role === 'disk')
+    // base + one diff per step; `RUN true` leaves only the file system's own bookkeeping (superblock, journal).
+    expect(disks).toHaveLength(6)
+    expect(disks[5].size).toBeLessThan(1024 * 1024)
+    expect(info.ovms.diskLayers.every((d: {size: number}) => d.size === 96 * 1024 * 1024)).toBe(true)
+    // every diff is a qcow2 that qemu-img accepts
+    for (const d of disks.slice(1)) {
+      const blob = join(home, 'blobs', 'sha256', d.digest.slice(7))
+      const {stdout} = await run('bash', ['-c', `tar -xOf ${blob} disk.qcow2 > ${tmp.path}/l.qcow2 && qemu-img check --output=json ${tmp.path}/l.qcow2`])
+      expect(JSON.parse(stdout).corruptions ?? 0).toBe(0)
+    }
+    const boot = await ovm(['run', 'test/app:1'], {home})
+    expect(boot.code, boot.stderr).toBe(0)
+    expect(boot.stdout).toContain('env=hello world cwd=/srv/app')
+    expect(boot.stdout).toContain('data 1000:1000 640')
+    expect(boot.stdout).toContain('first version')
+    expect(boot.stdout).toContain('built by ovm')
+  })
+
+  it('a rebuild with nothing changed boots no VM', async () => {
+    const r = await build()
+    expect(r.code, r.stderr).toBe(0)
+    expect(JSON.parse(r.stdout).result).toMatchObject({boots: 0, stepsRun: 0, stepsCached: 5})
+  })
+
+  it('changing one COPY input rebuilds from that step on only', async () => {
+    writeFileSync(join(ctx, 'data.txt'), 'second version\n')
+    const plan = JSON.parse((await build(['--dry-run'])).stdout).plan
+    expect(plan.steps.map((s: {cached: boolean}) => s.cached)).toEqual([true, true, false, false, false])
+    const r = await build()
+    expect(JSON.parse(r.stdout).result).toMatchObject({boots: 1, stepsRun: 3, stepsCached: 2})
+    const boot = await ovm(['run', 'test/app:1'], {home})
+    expect(boot.stdout).toContain('second version')
+  })
+
+  it('a failed step prints its line and output, keeps earlier layers, and the next build resumes there', async () => {
+    const file = readFileSync(join(ctx, 'Ovmfile'), 'utf8')
+    writeFileSync(join(ctx, 'Ovmfile'), file.replace('RUN true', 'RUN echo "about to fail" && exit 7'))
+    const r = await ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', 'test/app:2'], {home})
+    expect(r.code).toBe(11)
+    expect(r.stderr).toContain('about to fail')
+    expect(r.stderr).toMatch(/Ovmfile:12: RUN echo "about to fail" && exit 7 failed with exit status 7/)
+    writeFileSync(join(ctx, 'Ovmfile'), file.replace('RUN true', 'RUN echo fixed > /fixed'))
+    const plan = JSON.parse((await build(['--dry-run'])).stdout).plan
+    expect(plan.steps.map((s: {cached: boolean}) => s.cached)).toEqual([true, true, true, true, false])
+  })
+
+  it('a step that writes N MiB yields a diff of about N MiB, not the disk size', async () => {
+    const file = readFileSync(join(ctx, 'Ovmfile'), 'utf8').replace(/RUN (true|echo fixed > \/fixed)\n/, 'RUN dd if=/dev/urandom of=/blob bs=1M count=16 2>/dev/null\n')
+    writeFileSync(join(ctx, 'Ovmfile'), file)
+    const r = await build()
+    expect(r.code, r.stderr + r.stdout).toBe(0)
+    const info = JSON.parse((await ovm(['inspect', 'test/app:1', '--json'], {home})).stdout)
+    const last = info.layers.filter((l: {role: string}) => l.role === 'disk').at(-1)
+    expect(last.size).toBeGreaterThan(16 * 1024 * 1024)
+    expect(last.size).toBeLessThan(16 * 1024 * 1024 * 1.25)
+  })
+
+  it('a bad Ovmfile gets every error and builds nothing', async () => {
+    const bad = join(tmp.path, 'bad')
+    mkdirSync(bad, {recursive: true})
+    writeFileSync(join(bad, 'Ovmfile'), 'FROM scratch 1X\nKERNEL\nCOPY missing.txt /x\nRUNN echo\n')
+    const h = join(tmp.path, 'empty-home')
+    const r = await ovm(['build', bad, '-t', 'x:1'], {home: h})
+    expect(r.code).toBe(3)
+    for (const at of [':1:14', ':2:', ':3:', ':4:1']) expect(r.stderr).toContain(at)
+    expect(r.stderr).toContain('Did you mean RUN?')
+    const ls = JSON.parse((await ovm(['ls', '--json'], {home: h})).stdout)
+    expect(ls.artifacts).toEqual([])
+  })
+})
