@@ -301,6 +301,15 @@ async function stepLayer(store: LayoutStore, path: string, index: number): Promi
 export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
   const {store, file, plan, engine} = opts
   const emit = opts.onEvent ?? (() => undefined)
+  if (file.snapshot) {
+    throw new AbortError({
+      code: 'SNAPSHOT_NOT_AVAILABLE',
+      message: `${file.source}:${file.snapshot.pos.line}: SNAPSHOT is not executed by this version of ovm's builder`,
+      hint: 'Remove the SNAPSHOT line and bake a snapshot of the running VM with `ovm run -d REF` then `ovm snapshot ID -t REF`.',
+      exitCode: ExitCode.invalid,
+      ref: `${file.source}:${file.snapshot.pos.line}`,
+    })
+  }
   await store.init()
   await mkdir(join(store.root, 'cache'), {recursive: true})
   const work = await mkdtemp(join(store.root, 'cache', 'build-'))
