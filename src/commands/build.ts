@@ -8,6 +8,9 @@ import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
 import {QemuEngine} from '../engine/qemu/engine.js'
 import {AbortError, ExitCode} from '../errors/index.js'
+import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
+import {SLSA_PROVENANCE_V1, buildProvenance} from '../sign/provenance.js'
+import {signArtifact} from '../sign/sign.js'
 import {humanBytes, shortDigest} from '../ui/format.js'
 
 export default class Build extends BaseCommand {
@@ -36,11 +39,14 @@ export default class Build extends BaseCommand {
     'no-cache': Flags.boolean({description: 'Ignore the build cache.'}),
     'dry-run': Flags.boolean({description: 'Print the plan (steps, cache keys, hits and misses) and stop.'}),
     engine: Flags.string({description: 'Engine for the builder VM.', options: ['qemu'], default: 'qemu'}),
+    sign: Flags.boolean({description: 'Sign the result (needs --key; passphrase in OVM_KEY_PASSWORD).'}),
+    provenance: Flags.boolean({description: 'Attach a signed SLSA provenance v1 attestation (with --sign).'}),
+    key: Flags.string({description: 'Private key for --sign.'}),
     'boot-per-step': Flags.boolean({description: 'Boot a fresh builder for every step (slower; for comparison).', hidden: true}),
     push: Flags.boolean({description: 'Push the tags to their registries after building.'}),
   }
 
-  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number}> {
+  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number; signatures?: string[]}> {
     const {args, flags} = await this.parse(Build)
     const ovmfile = flags.file ?? join(args.context ?? '.', 'Ovmfile')
     const context = args.context ?? dirname(ovmfile)
@@ -65,7 +71,14 @@ export default class Build extends BaseCommand {
     if (flags.push) {
       throw new AbortError({code: 'PUSH_AFTER_BUILD', message: '--push is not available yet', hint: 'Build, then run `ovm push REGISTRY/REPO:TAG --from LOCAL:TAG`.', exitCode: ExitCode.usage})
     }
+    if ((flags.sign || flags.provenance) && !flags.key) {
+      throw new AbortError({code: 'NO_KEY', message: '--sign and --provenance need --key', hint: 'Make a key with `ovm key generate` and pass --key ovm.key.', exitCode: ExitCode.usage})
+    }
+    const key = flags.key ? await loadPrivateKey(flags.key, passphraseFromEnv()) : undefined
     const engine = new QemuEngine()
+    const startedOn = new Date()
+    const stepLayers = new Map<number, string | undefined>()
+    for (const s of plan.steps) if (s.cached) stepLayers.set(s.index, s.layer)
     const t0 = performance.now()
     const result = await executePlan({
       store,
@@ -77,6 +90,7 @@ export default class Build extends BaseCommand {
       tags: flags.tag,
       bootPerStep: flags['boot-per-step'],
       onEvent: (e) => {
+        if (e.type === 'step-done') stepLayers.set(e.step.index, e.layer?.digest)
         if (this.jsonEnabled()) return
         if (e.type === 'console') {
           if (flags.debug || e.line.startsWith('@@ovm-error')) this.note(`builder: ${e.line}`)
@@ -90,11 +104,32 @@ export default class Build extends BaseCommand {
       },
     })
     const seconds = (performance.now() - t0) / 1000
+    const signatures: string[] = []
+    if (key && (flags.sign || flags.provenance)) {
+      const ref = result.references[0] as string
+      if (flags.sign) signatures.push((await signArtifact({store}, ref, key)).signature)
+      if (flags.provenance) {
+        const predicate = await buildProvenance({
+          ovmfilePath: ovmfile,
+          buildArgs: parseBuildArgs(flags['build-arg']),
+          tags: flags.tag,
+          base: plan.base,
+          kernel: {path: prepared.parsed.ovmfile.kernel!.ref, digest: result.ovms.kernel!.ref},
+          engine: {name: engine.name, version: (await engine.hostInfo()).version},
+          steps: plan.steps.map((s) => ({line: s.line, text: s.text, cacheKey: s.cacheKey, layer: stepLayers.get(s.index)})),
+          startedOn,
+          finishedOn: new Date(),
+          builderVersion: this.config.version,
+        })
+        signatures.push((await signArtifact({store}, ref, key, {predicateType: SLSA_PROVENANCE_V1, predicate})).signature)
+      }
+      this.note(`attached ${signatures.length} signed referrer${signatures.length === 1 ? '' : 's'} (${[flags.sign && 'signature', flags.provenance && 'SLSA provenance'].filter(Boolean).join(', ')})`)
+    }
     if (!this.jsonEnabled()) {
       for (const r of result.references) this.log(`${r}@${result.digest}`)
       this.note(`built in ${seconds.toFixed(1)} s: ${result.stepsRun} steps run, ${result.stepsCached} cached, ${result.boots} builder boot${result.boots === 1 ? '' : 's'}`)
     }
-    return {plan, result, seconds}
+    return {plan, result, seconds, ...(signatures.length > 0 ? {signatures} : {})}
   }
 }
 

@@ -17,7 +17,8 @@ export interface SignResult {
 }
 
 /**
- * Sign an artifact where it is: in the local store (the signature is kept in
+ * Sign an artifact where it is (with `predicateType`/`predicate`, attach a
+ * signed in-toto attestation such as SLSA provenance instead): in the local store (the signature is kept in
  * index.json, untagged) or in a registry repository (pushed with `subject`;
  * the client updates the referrers tag index where the registry has no API).
  */
@@ -25,7 +26,7 @@ export async function signArtifact(
   target: {store: LayoutStore} | {repository: RemoteRepository; part: string},
   reference: string,
   key: {privateKey: KeyObject; publicKey: KeyObject},
-  opts: {created?: string} = {},
+  opts: {created?: string; predicateType?: string; predicate?: unknown} = {},
 ): Promise<SignResult> {
   const dest: Storage = 'store' in target ? target.store : target.repository
   const subject = 'store' in target ? await target.store.resolve(reference) : await target.repository.resolve(target.part)

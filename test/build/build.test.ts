@@ -112,6 +112,26 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     expect(last.size).toBeLessThan(16 * 1024 * 1024 * 1.25)
   })
 
+  it('--sign --provenance attach a signature and a signed SLSA provenance naming every step and layer', async () => {
+    const env = {OVM_KEY_PASSWORD: ''}
+    expect((await ovm(['key', 'generate', '--out', join(tmp.path, 'k')], {home, env})).code).toBe(0)
+    const r = await ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', 'test/app:1', '--json', '--sign', '--provenance', '--key', join(tmp.path, 'k.key')], {home, env})
+    expect(r.code, r.stderr).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.signatures).toHaveLength(2)
+    const v = JSON.parse((await ovm(['verify', 'test/app:1', '--key', join(tmp.path, 'k.pub'), '--json'], {home})).stdout)
+    const types = v.verified.map((x: {predicateType: string}) => x.predicateType).sort()
+    expect(types).toEqual(['https://sigstore.dev/cosign/sign/v1', 'https://slsa.dev/provenance/v1'])
+    const prov = v.verified.find((x: {predicateType: string}) => x.predicateType === 'https://slsa.dev/provenance/v1').statement.predicate
+    expect(prov.buildDefinition.externalParameters.ovmfile.digest.sha256).toMatch(/^[a-f0-9]{64}$/)
+    expect(prov.buildDefinition.internalParameters.engine.name).toBe('qemu')
+    const info = JSON.parse((await ovm(['inspect', 'test/app:1', '--json'], {home})).stdout)
+    expect(prov.buildDefinition.resolvedDependencies[1].digest.sha256).toBe(info.ovms.kernel.ref.slice(7))
+    const layers = prov.runDetails.byproducts.map((b: {annotations: {layer?: string}}) => b.annotations.layer)
+    const diskDigests = info.layers.filter((l: {role: string}) => l.role === 'disk').slice(1).map((l: {digest: string}) => l.digest)
+    expect(layers).toEqual(diskDigests)
+  })
+
   it('a bad Ovmfile gets every error and builds nothing', async () => {
     const bad = join(tmp.path, 'bad')
     mkdirSync(bad, {recursive: true})

@@ -1,4 +1,4 @@
-import {readFileSync, statSync, writeFileSync} from 'node:fs'
+import {existsSync, readFileSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {bundleFromJSON, isBundleWithDsseEnvelope} from '@sigstore/bundle'
@@ -146,6 +146,16 @@ describe('trust policy', () => {
     // A wrong key in the policy refuses a signed artifact.
     const wrong = await loadPolicy(writePolicy({version: 1, default: {require: 'signature', keys: [join(tmp.path, 'b.pub')]}}))
     expect((await rejects(enforcePolicy(src, 'example/busybox:1.0', wrong))).code).toBe('SIGNATURE_INVALID')
+  })
+
+  it('ovm run refuses an unsigned artifact under the policy before booting anything', async () => {
+    const h = join(tmp.path, 'run-home')
+    expect((await ovm(packArgs('example/unsigned:1.0', ['--annotation', 'purpose=unsigned']), {home: h})).code).toBe(0)
+    writeFileSync(join(h, 'policy.json'), JSON.stringify({version: 1, default: {require: 'signature', keys: [join(tmp.path, 'a.pub')]}}))
+    const r = await ovm(['run', '-d', 'example/unsigned:1.0'], {home: h})
+    expect(r.code).toBe(10)
+    expect(r.stderr).toContain('refused by policy')
+    expect(existsSync(join(h, 'serve.log'))).toBe(false) // no daemon was started, nothing booted
   })
 
   it('a policy that is not JSON or not valid against its schema gets a clear error', async () => {
