@@ -55,25 +55,38 @@ export async function benchRegistry(): Promise<void> {
     const pushS: number[] = []
     const pullO: number[] = []
     const pullS: number[] = []
+    // Each tool pushes to a registry of its own, fresh every round: nothing can be mounted or skipped
+    // because the other tool (or an earlier round) already uploaded it.
     for (let r = 0; r < ROUNDS; r++) {
-      const o = `${reg.host}/bench/ovm${r}:1`
-      const s = `${reg.host}/bench/skopeo${r}:1`
-      pushO.push(await time(async () => {
-        const x = await ovm(['push', o, '--from', 'bench/disk:1', '--no-referrers'], {home})
-        if (x.code !== 0) throw new Error(x.stderr)
-      }))
-      pushS.push(await time(() => run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', '--preserve-digests', `oci:${home}:bench/disk:1`, `docker://${s}`])))
-      const h2 = join(tmp, `pull-${r}`)
-      pullO.push(await time(async () => {
-        const x = await ovm(['pull', o, '--no-referrers'], {home: h2})
-        if (x.code !== 0) throw new Error(x.stderr)
-      }))
-      pullS.push(await time(() => run('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--preserve-digests', `docker://${s}`, `oci:${join(tmp, `skopeo-${r}`)}:x`])))
+      const regO = await startRegistry()
+      const regS = await startRegistry()
+      try {
+        const o = `${regO.host}/bench/ovm:1`
+        const s = `${regS.host}/bench/skopeo:1`
+        pushO.push(await time(async () => {
+          const x = await ovm(['push', o, '--from', 'bench/disk:1', '--no-referrers'], {home})
+          if (x.code !== 0) throw new Error(x.stderr)
+        }))
+        pushS.push(await time(() => run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', '--preserve-digests', `oci:${home}:bench/disk:1`, `docker://${s}`])))
+        const h2 = join(tmp, `pull-${r}`)
+        pullO.push(await time(async () => {
+          const x = await ovm(['pull', o, '--no-referrers'], {home: h2})
+          if (x.code !== 0) throw new Error(x.stderr)
+        }))
+        pullS.push(await time(() => run('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--preserve-digests', `docker://${s}`, `oci:${join(tmp, `skopeo-${r}`)}:x`])))
+        rmSync(h2, {recursive: true, force: true})
+        rmSync(join(tmp, `skopeo-${r}`), {recursive: true, force: true})
+      } finally {
+        await regO.stop()
+        await regS.stop()
+      }
     }
     const repush: number[] = []
+    const first = await ovm(['push', `${reg.host}/bench/repush:1`, '--from', 'bench/disk:1', '--no-referrers'], {home})
+    if (first.code !== 0) throw new Error(first.stderr)
     for (let r = 0; r < ROUNDS; r++) {
       repush.push(await time(async () => {
-        const x = await ovm(['push', `${reg.host}/bench/ovm0:1`, '--from', 'bench/disk:1', '--no-referrers'], {home})
+        const x = await ovm(['push', `${reg.host}/bench/repush:1`, '--from', 'bench/disk:1', '--no-referrers'], {home})
         if (x.code !== 0) throw new Error(x.stderr)
       }))
     }

@@ -21,6 +21,7 @@ import type {Ovmfile, Step} from '../ovmfile/types.js'
 import {buildInitramfs, ovmsInitramfs} from './initramfs.js'
 import type {BuildPlan, CacheEntry, CacheIndex, PlannedStep} from './plan.js'
 import {cacheIndexPath, readCacheIndex} from './prepare.js'
+import {shellQuote} from '../util/shell.js'
 
 const run = promisify(execFile)
 
@@ -137,9 +138,6 @@ async function baseLayer(store: LayoutStore, file: Ovmfile, plan: BuildPlan, con
   return [layer]
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`
-}
 
 /** The script the agent runs for one step (in the guest, target mounted at /mnt/target). */
 export function stepScript(step: Step): string {

@@ -5,6 +5,7 @@ import {type CpioEntry, S_IFCHR, S_IFDIR, S_IFREG, cpioNewc} from '../disk/cpio.
 import {builtinModules, indexModules, resolveModules} from '../disk/kmod.js'
 import type {BootstrapConfig} from '../artifact/manifest.js'
 import {AbortError, ExitCode, fileError} from '../errors/index.js'
+import {shellQuote} from '../util/shell.js'
 
 /** Modules the builder needs from a stock distro kernel: virtio-pci, virtio-blk, ext4 (+ crc32c for its checksums). */
 export const BUILDER_MODULES = ['virtio_pci', 'virtio_blk', 'crc32c_generic', 'libcrc32c', 'ext4']
@@ -50,16 +51,19 @@ while read -r cmd arg <&3; do
 done
 `
 
-/** /init: mount the basics, load modules, mount the target disk and context, start the agent. */
-export function initScript(modules: string[]): string {
-  return `#!/bin/busybox sh
+/** The start of every /init ovm writes: busybox applets, /proc /sys /dev, output to the console. */
+const INIT_PREAMBLE = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec >/dev/console 2>&1
-echo "@@ovm-builder-up"
+`
+
+/** /init: mount the basics, load modules, mount the target disk and context, start the agent. */
+export function initScript(modules: string[]): string {
+  return `${INIT_PREAMBLE}echo "@@ovm-builder-up"
 ${modules.map((m) => `insmod /lib/modules/${m}.ko || echo "@@ovm-error insmod ${m}"`).join('\n')}
 for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do [ -b /dev/vda ] && [ -b /dev/vdb ] && break; sleep 0.1; done
 mkdir -p /mnt/target /ctx
@@ -69,9 +73,6 @@ exec sh /agent.sh
 `
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`
-}
 
 /**
  * /init of the OVMS-Init profile (rfc/ovms-v0.1.md §7): mount the root disk,
@@ -83,14 +84,7 @@ export function ovmsInitScript(modules: string[], cfg: BootstrapConfig): string 
   const argv = [...(cfg.entrypoint ?? []), ...(cfg.cmd ?? [])]
   const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', ...(cfg.env ?? [])]
   const w = cfg.workdir ?? '/'
-  return `#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-exec >/dev/console 2>&1
-${modules.map((m) => `insmod /lib/modules/${m}.ko 2>/dev/null`).join('\n')}
+  return `${INIT_PREAMBLE}${modules.map((m) => `insmod /lib/modules/${m}.ko 2>/dev/null`).join('\n')}
 for i in $(seq 1 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 mkdir -p /newroot
 mount -t ext4 /dev/vda /newroot || { echo "@@ovm-error cannot mount the root disk /dev/vda"; poweroff -f; }

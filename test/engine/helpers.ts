@@ -6,6 +6,7 @@ import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {gzipSync} from 'node:zlib'
 
+import {S_IFREG, cpioNewc} from '../../src/disk/cpio.js'
 import {withFileLock} from '../../src/oci/lock.js'
 
 export const FIXTURES = fileURLToPath(new URL('../.cache/fixtures/', import.meta.url))
@@ -23,17 +24,6 @@ export function vmSkipReason(): string | undefined {
   return undefined
 }
 
-/** One newc cpio entry. */
-function cpioEntry(name: string, mode: number, data: Buffer, ino: number): Buffer {
-  const hex = (n: number): string => n.toString(16).padStart(8, '0')
-  const nameBytes = Buffer.from(`${name}\0`)
-  const header =
-    '070701' +
-    [ino, mode, 0, 0, 1, 0, data.length, 0, 0, 0, 0, nameBytes.length, 0].map(hex).join('')
-  const pad = (n: number): Buffer => Buffer.alloc((4 - (n % 4)) % 4)
-  const head = Buffer.concat([Buffer.from(header, 'ascii'), nameBytes])
-  return Buffer.concat([head, pad(head.length), data, pad(data.length)])
-}
 
 export function heartbeatInit(interval = '1'): string {
   return HEARTBEAT_INIT.replace('sleep 1', `sleep ${interval}`)
@@ -62,10 +52,7 @@ export function heartbeatInitramfs(dir = mkdtempSync(join(tmpdir(), 'ovm-hb-')),
   mkdirSync(dir, {recursive: true})
   const out = join(dir, `heartbeat-${interval}.cpio.gz`)
   if (existsSync(out)) return out
-  const cpio = Buffer.concat([
-    cpioEntry('init', 0o100755, Buffer.from(heartbeatInit(interval)), 900001),
-    cpioEntry('TRAILER!!!', 0, Buffer.alloc(0), 0),
-  ])
+  const cpio = cpioNewc([{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(heartbeatInit(interval))}])
   writeFileSync(out, Buffer.concat([readFileSync(INITRAMFS), gzipSync(cpio)]))
   return out
 }

@@ -32,6 +32,7 @@ import type {
 } from '../types.js'
 import {SUPPORTED_DEVICE_TYPES, cpuModelFor, qemuArgs} from './args.js'
 import {QmpClient, type QmpEvent} from './qmp.js'
+import {shellQuote} from '../../util/shell.js'
 
 const run = promisify(execFile)
 
@@ -212,9 +213,6 @@ function pdeathsigWrapper(): Promise<string | undefined> {
   return pdeathsig
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replaceAll("'", `'\\''`)}'`
-}
 
 type Listener = (e: VmEvent) => void
 
