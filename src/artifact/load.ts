@@ -1,5 +1,6 @@
 import {type Descriptor, isIndexMediaType, isManifestMediaType} from '../oci/descriptor.js'
-import type {LayoutStore} from '../oci/layout.js'
+import {type LayoutStore, MAX_MANIFEST_BYTES} from '../oci/layout.js'
+import {type RemoteRepository, collect} from '../oci/remote/client.js'
 import {type ParsedArtifact, parseArtifact, unknownMediaType} from './oci.js'
 import {OvmsMediaType} from './media-types.js'
 
@@ -24,5 +25,20 @@ export async function loadArtifact(store: LayoutStore, reference: string): Promi
     throw unknownMediaType(reference, head.artifactType ?? head.config?.mediaType ?? '(none)', `an OVMS artifact (${OvmsMediaType.manifest})`)
   }
   const configBytes = await store.fetchBytes(head.config)
+  return {reference, descriptor, ...parseArtifact(manifestBytes, configBytes, reference)}
+}
+
+/** Read an OVMS artifact straight from a registry (nothing is stored), verifying what is read. */
+export async function loadRemoteArtifact(repo: RemoteRepository, part: string, reference: string): Promise<LoadedArtifact> {
+  const descriptor = await repo.resolve(part)
+  if (!isManifestMediaType(descriptor.mediaType)) {
+    throw unknownMediaType(reference, descriptor.mediaType, `a single OVMS manifest (${OvmsMediaType.manifest})`)
+  }
+  const manifestBytes = await repo.fetchManifestBytes(descriptor)
+  const head = JSON.parse(manifestBytes.toString('utf8')) as {config?: Descriptor; artifactType?: string}
+  if (!head.config || (head.artifactType ?? head.config.mediaType) !== OvmsMediaType.manifest) {
+    throw unknownMediaType(reference, head.artifactType ?? head.config?.mediaType ?? '(none)', `an OVMS artifact (${OvmsMediaType.manifest})`)
+  }
+  const configBytes = await collect(await repo.fetch(head.config), head.config.size, MAX_MANIFEST_BYTES)
   return {reference, descriptor, ...parseArtifact(manifestBytes, configBytes, reference)}
 }

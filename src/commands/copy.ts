@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {copy, referrersOf} from '../oci/copy.js'
 import {openRemote} from '../oci/remote/client.js'
-import {type TransferResult, registryFlags, registryOptions, transferProgress} from './push.js'
+import {type TransferResult, registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
 
 export default class Copy extends BaseCommand {
   static summary = 'Copy an artifact from one registry repository to another.'

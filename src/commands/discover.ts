@@ -6,7 +6,7 @@ import {openRemote} from '../oci/remote/client.js'
 import {type ReferrerNode, listReferrers, localReferrers, referrersTree} from '../oci/remote/referrers.js'
 import {parseReference} from '../oci/reference.js'
 import {humanBytes} from '../ui/format.js'
-import {registryOptions} from './push.js'
+import {registryOptions} from '../cli/registry.js'
 
 export interface DiscoverResult {
   reference: string

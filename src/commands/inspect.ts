@@ -1,9 +1,12 @@
 import {Args} from '@oclif/core'
 
-import {loadArtifact} from '../artifact/load.js'
+import {loadArtifact, loadRemoteArtifact} from '../artifact/load.js'
 import type {OvmsManifest} from '../artifact/manifest.js'
 import type {Descriptor, ImageManifest} from '../oci/descriptor.js'
+import {parseReference} from '../oci/reference.js'
+import {openRemote} from '../oci/remote/client.js'
 import {humanBytes, table} from '../ui/format.js'
+import {registryFlags, registryOptions} from '../cli/registry.js'
 import {BaseCommand} from '../cli/base-command.js'
 
 export interface InspectResult {
@@ -18,15 +21,24 @@ export interface InspectResult {
 export default class Inspect extends BaseCommand {
   static summary = 'Show an artifact: its OVMS manifest and its OCI manifest (layers, sizes, media types, annotations).'
 
-  static examples = ['<%= config.bin %> inspect example/busybox:1.0', '<%= config.bin %> inspect example/busybox@sha256:… --json']
+  static examples = ['<%= config.bin %> inspect example/busybox:1.0', '<%= config.bin %> inspect example/busybox@sha256:… --json', '<%= config.bin %> inspect localhost:5000/vm/busybox:1.0']
 
   static args = {
-    ref: Args.string({description: 'Artifact reference (name:tag, name@sha256:…, or a digest).', required: true}),
+    ref: Args.string({description: 'Artifact reference (name:tag, name@sha256:…, a digest, or registry/repo:tag to read it from a registry).', required: true}),
+  }
+
+  static flags = {
+    ...registryFlags,
   }
 
   async run(): Promise<InspectResult> {
     const {args, flags} = await this.parse(Inspect)
-    const a = await loadArtifact(this.openStore(flags.store), args.ref)
+    const a = parseReference(args.ref).registry
+      ? await (async () => {
+          const remote = openRemote(args.ref, registryOptions(flags))
+          return loadRemoteArtifact(remote.repository, remote.part, args.ref)
+        })()
+      : await loadArtifact(this.openStore(flags.store), args.ref)
     const layers = a.layers.map((l) => ({
       role: l.role,
       ...(l.index === undefined ? {} : {index: l.index}),

@@ -5,7 +5,7 @@ import {copy, referrersOf} from '../oci/copy.js'
 import {openRemote} from '../oci/remote/client.js'
 import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
 import {remoteSource} from '../sign/sign.js'
-import {type TransferResult, registryFlags, registryOptions, transferProgress} from './push.js'
+import {type TransferResult, registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
 
 export default class Pull extends BaseCommand {
   static summary = 'Pull an artifact from a registry into the local store.'

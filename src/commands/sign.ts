@@ -6,7 +6,7 @@ import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
 import {openRemote} from '../oci/remote/client.js'
 import {parseReference} from '../oci/reference.js'
 import {type SignResult, signArtifact} from '../sign/sign.js'
-import {registryFlags, registryOptions} from './push.js'
+import {registryFlags, registryOptions} from '../cli/registry.js'
 
 export default class Sign extends BaseCommand {
   static summary = 'Sign an artifact: a Sigstore bundle stored as an OCI referrer of it (the layout cosign 3 reads).'

@@ -5,7 +5,7 @@ import {loadPublicKey} from '../sign/keys.js'
 import {parseReference} from '../oci/reference.js'
 import {openRemote} from '../oci/remote/client.js'
 import {type VerifyResult, localSource, remoteSource, verifyArtifact} from '../sign/sign.js'
-import {registryFlags, registryOptions} from './push.js'
+import {registryFlags, registryOptions} from '../cli/registry.js'
 
 export default class Verify extends BaseCommand {
   static summary = 'Verify an artifact offline: every blob matches its digest and a signature verifies with the key.'

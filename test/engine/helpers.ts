@@ -91,7 +91,7 @@ export async function holdVmLock(): Promise<() => void> {
         acquired()
         await held
       },
-      {timeoutMs: 110_000},
+      {timeoutMs: 300_000},
     ).catch(failed)
   })
   return release

@@ -54,8 +54,25 @@ describe.skipIf(!registryAvailable())('ovm login/push/pull/discover/logout again
     expect(push2.stdout).toContain(`${ref}@${pushed.descriptor.digest}`)
     expect(push2.stderr).toContain('0 blobs copied')
 
+
+    // inspect reads a remote artifact without storing it.
+    const remote = await ovm(['inspect', ref, '--json'], {home: join(b.path, 'untouched'), env})
+    expect(remote.code, remote.stderr).toBe(0)
+    const inspected = JSON.parse(remote.stdout) as {descriptor: {digest: string}; layers: {role: string}[]}
+    expect(inspected.descriptor.digest).toBe(pushed.descriptor.digest)
+    expect(inspected.layers.map((l) => l.role)).toEqual(['kernel', 'initrd', 'disk'])
+
+    // In CI (not a terminal) each blob reports as plain lines (per 10% for large ones), then a done line.
+    const c = tempDir('ovm-cli-c-')
+    const plain = await ovm(['pull', ref], {home: c.path, env})
+    expect(plain.code, plain.stderr).toBe(0)
+    for (const title of ['vmlinuz', 'initrd.img', 'disk-0.tar']) expect(plain.stderr).toMatch(new RegExp(`^[0-9a-f]{12} ${title.replace('.', '\\.')}\\s+[\\d.]+ [KM]i?B done$`, 'm'))
+    expect(plain.stderr).not.toContain('\x1b[')
+    c.cleanup()
+
     const pull = await ovm(['pull', ref, '--json'], {home: b.path, env})
     expect(pull.code, pull.stderr).toBe(0)
+    expect(pull.stderr).toBe('')
     expect((JSON.parse(pull.stdout) as {descriptor: {digest: string}}).descriptor.digest).toBe(pushed.descriptor.digest)
     const verify = await ovm(['store', 'verify', '--json'], {home: b.path, env})
     expect(verify.code).toBe(0)
