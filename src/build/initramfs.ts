@@ -95,6 +95,7 @@ mount -t proc proc /newroot/proc; mount -t sysfs sysfs /newroot/sys; mount -o bi
 touch /newroot/.ovm/busybox; mount -o bind /bin/busybox /newroot/.ovm/busybox
 printf '%s\\n' ${(cfg.env ?? []).map(shellQuote).join(' ') || "''"} > /newroot/etc/environment
 hostname ovm
+echo "@@ovm-start"
 env -i ${env.map(shellQuote).join(' ')} chroot /newroot /.ovm/busybox sh -c ${shellQuote(`mkdir -p ${shellQuote(w)} && cd ${shellQuote(w)} && exec ${argv.map(shellQuote).join(' ')}`)}
 rc=$?
 echo "@@ovm-exit $rc"

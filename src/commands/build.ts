@@ -6,6 +6,7 @@ import {type BuildResult, executePlan} from '../build/execute.js'
 import type {BuildPlan} from '../build/plan.js'
 import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
+import {type BakeResult, bakeSnapshot} from '../contract/bake.js'
 import {QemuEngine} from '../engine/qemu/engine.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
@@ -46,7 +47,7 @@ export default class Build extends BaseCommand {
     push: Flags.boolean({description: 'Push the tags to their registries after building.'}),
   }
 
-  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number; signatures?: string[]}> {
+  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number; snapshot?: BakeResult; signatures?: string[]}> {
     const {args, flags} = await this.parse(Build)
     const ovmfile = flags.file ?? join(args.context ?? '.', 'Ovmfile')
     const context = args.context ?? dirname(ovmfile)
@@ -103,6 +104,23 @@ export default class Build extends BaseCommand {
         }
       },
     })
+    const snapshot = prepared.parsed.ovmfile.snapshot
+    let baked: BakeResult | undefined
+    if (snapshot) {
+      this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : 'the workload starts'}`)
+      baked = await bakeSnapshot({
+        store,
+        reference: result.digest,
+        when: snapshot.when?.kind === 'console' ? snapshot.when.pattern : undefined,
+        timeoutMs: snapshot.timeoutMs,
+        tag: flags.tag[0] as string,
+        onLine: (l) => flags.debug && this.note(`vm: ${l}`),
+      })
+      const snapDesc = await store.resolve(flags.tag[0] as string)
+      for (const t of flags.tag.slice(1)) await store.tag(snapDesc, t)
+      result.digest = baked.digest
+      this.note(`baked a RAM snapshot: ready after ${(baked.readyMs / 1000).toFixed(1)} s, guest paused ${baked.pausedMs} ms, ${humanBytes(baked.bytes)} of new layers`)
+    }
     const seconds = (performance.now() - t0) / 1000
     const signatures: string[] = []
     if (key && (flags.sign || flags.provenance)) {
@@ -129,7 +147,7 @@ export default class Build extends BaseCommand {
       for (const r of result.references) this.log(`${r}@${result.digest}`)
       this.note(`built in ${seconds.toFixed(1)} s: ${result.stepsRun} steps run, ${result.stepsCached} cached, ${result.boots} builder boot${result.boots === 1 ? '' : 's'}`)
     }
-    return {plan, result, seconds, ...(signatures.length > 0 ? {signatures} : {})}
+    return {plan, result, seconds, ...(baked ? {snapshot: baked} : {}), ...(signatures.length > 0 ? {signatures} : {})}
   }
 }
 
