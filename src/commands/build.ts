@@ -6,8 +6,12 @@ import {type BuildResult, executePlan} from '../build/execute.js'
 import type {BuildPlan} from '../build/plan.js'
 import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
+import {registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
 import {type BakeResult, bakeSnapshot} from '../contract/bake.js'
 import {QemuEngine} from '../engine/qemu/engine.js'
+import {copy, referrersOf} from '../oci/copy.js'
+import {parseReference} from '../oci/reference.js'
+import {openRemote} from '../oci/remote/client.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
 import {SLSA_PROVENANCE_V1, buildProvenance} from '../sign/provenance.js'
@@ -44,10 +48,11 @@ export default class Build extends BaseCommand {
     provenance: Flags.boolean({description: 'Attach a signed SLSA provenance v1 attestation (with --sign).'}),
     key: Flags.string({description: 'Private key for --sign.'}),
     'boot-per-step': Flags.boolean({description: 'Boot a fresh builder for every step (slower; for comparison).', hidden: true}),
-    push: Flags.boolean({description: 'Push the tags to their registries after building.'}),
+    push: Flags.boolean({description: 'Push the tags that name a registry after building (with signatures and attestations).'}),
+    ...registryFlags,
   }
 
-  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number; snapshot?: BakeResult; signatures?: string[]}> {
+  async run(): Promise<{plan: BuildPlan; result?: BuildResult; seconds?: number; snapshot?: BakeResult; signatures?: string[]; pushed?: string[]}> {
     const {args, flags} = await this.parse(Build)
     const ovmfile = flags.file ?? join(args.context ?? '.', 'Ovmfile')
     const context = args.context ?? dirname(ovmfile)
@@ -69,8 +74,14 @@ export default class Build extends BaseCommand {
     if (flags.tag.length === 0) {
       throw new AbortError({code: 'MISSING_TAG', message: 'no tag given for the build result', hint: 'Add -t NAME:TAG, or use --dry-run to only plan.', exitCode: ExitCode.usage})
     }
-    if (flags.push) {
-      throw new AbortError({code: 'PUSH_AFTER_BUILD', message: '--push is not available yet', hint: 'Build, then run `ovm push REGISTRY/REPO:TAG --from LOCAL:TAG`.', exitCode: ExitCode.usage})
+    const pushTo = flags.tag.filter((t) => parseReference(t).registry !== undefined)
+    if (flags.push && pushTo.length === 0) {
+      throw new AbortError({
+        code: 'PUSH_NO_REGISTRY',
+        message: '--push needs a tag that names a registry',
+        hint: 'Add -t registry.example.com/repo:tag (or localhost:5000/repo:tag).',
+        exitCode: ExitCode.usage,
+      })
     }
     if ((flags.sign || flags.provenance) && !flags.key) {
       throw new AbortError({code: 'NO_KEY', message: '--sign and --provenance need --key', hint: 'Make a key with `ovm key generate` and pass --key ovm.key.', exitCode: ExitCode.usage})
@@ -143,11 +154,22 @@ export default class Build extends BaseCommand {
       }
       this.note(`attached ${signatures.length} signed referrer${signatures.length === 1 ? '' : 's'} (${[flags.sign && 'signature', flags.provenance && 'SLSA provenance'].filter(Boolean).join(', ')})`)
     }
+    const pushed: string[] = []
+    if (flags.push) {
+      for (const t of pushTo) {
+        const dst = openRemote(t, registryOptions(flags))
+        const ui = transferProgress(`push ${t}`, this.jsonEnabled(), (l) => this.note(l))
+        const p0 = performance.now()
+        const r = await copy(store, t, dst.repository, dst.part, ui.hooks, {concurrency: flags.concurrency, referrers: referrersOf})
+        ui.finish(r, (performance.now() - p0) / 1000)
+        pushed.push(`${t}@${r.descriptor.digest}`)
+      }
+    }
     if (!this.jsonEnabled()) {
       for (const r of result.references) this.log(`${r}@${result.digest}`)
       this.note(`built in ${seconds.toFixed(1)} s: ${result.stepsRun} steps run, ${result.stepsCached} cached, ${result.boots} builder boot${result.boots === 1 ? '' : 's'}`)
     }
-    return {plan, result, seconds, ...(baked ? {snapshot: baked} : {}), ...(signatures.length > 0 ? {signatures} : {})}
+    return {plan, result, seconds, ...(baked ? {snapshot: baked} : {}), ...(signatures.length > 0 ? {signatures} : {}), ...(pushed.length > 0 ? {pushed} : {})}
   }
 }
 

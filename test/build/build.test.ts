@@ -6,7 +6,9 @@ import {promisify} from 'node:util'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {FIXTURES, ovm, tempDir} from '../helpers/cli.js'
+import {sha256} from '../../src/oci/digest.js'
 import {holdVmLock, stopDaemon, vmSkipReason} from '../engine/helpers.js'
+import {startRegistry} from '../helpers/registry.js'
 
 const run = promisify(execFile)
 const skip = vmSkipReason()
@@ -130,6 +132,25 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     const layers = prov.runDetails.byproducts.map((b: {annotations: {layer?: string}}) => b.annotations.layer)
     const diskDigests = info.layers.filter((l: {role: string}) => l.role === 'disk').slice(1).map((l: {digest: string}) => l.digest)
     expect(layers).toEqual(diskDigests)
+  })
+
+  it('--push sends the result and its signed referrers to the registry the tag names', async () => {
+    const reg = await startRegistry()
+    try {
+      const env = {OVM_KEY_PASSWORD: ''}
+      const tag = `${reg.host}/vm/app:1`
+      const r = await ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', tag, '--push', '--sign', '--key', join(tmp.path, 'k.key'), '--json'], {home, env})
+      expect(r.code, r.stderr).toBe(0)
+      const out = JSON.parse(r.stdout)
+      expect(out.result.boots).toBe(0) // everything cached
+      expect(out.pushed).toEqual([`${tag}@${out.result.digest}`])
+      const {stdout} = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${tag}`])
+      expect(sha256(stdout)).toBe(out.result.digest)
+      const v = await ovm(['verify', tag, '--key', join(tmp.path, 'k.pub')], {home: join(tmp.path, 'elsewhere')})
+      expect(v.code, v.stderr).toBe(0)
+    } finally {
+      await reg.stop()
+    }
   })
 
   it('a bad Ovmfile gets every error and builds nothing', async () => {
