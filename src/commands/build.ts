@@ -3,7 +3,7 @@ import {dirname, join} from 'node:path'
 import {Args, Flags} from '@oclif/core'
 
 import {type BuildResult, executePlan} from '../build/execute.js'
-import type {BuildPlan} from '../build/plan.js'
+import type {BuildPlan, PlannedStep} from '../build/plan.js'
 import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
 import {registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
@@ -16,6 +16,7 @@ import {AbortError, ExitCode} from '../errors/index.js'
 import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
 import {SLSA_PROVENANCE_V1, buildProvenance} from '../sign/provenance.js'
 import {signArtifact} from '../sign/sign.js'
+import {BuildProgress} from '../ui/build-progress.js'
 import {humanBytes, shortDigest} from '../ui/format.js'
 
 export default class Build extends BaseCommand {
@@ -60,7 +61,9 @@ export default class Build extends BaseCommand {
     const prepared = await prepareBuild(store, {ovmfile, context, buildArgs: parseBuildArgs(flags['build-arg']), noCache: flags['no-cache']})
     for (const w of prepared.warnings) this.note(`${ovmfile}:${w.line}:${w.col}: warning: ${w.message} [${w.code}]`)
     const {plan} = prepared
-    if (!this.jsonEnabled()) {
+    const interactive = Boolean(process.stderr.isTTY) && process.env.CI !== 'true'
+    // In a terminal the task tree shows the plan as it runs; print it when planning only, or for logs.
+    if (!this.jsonEnabled() && (flags['dry-run'] || !interactive)) {
       this.log(`Plan for ${ovmfile} (context ${context})`)
       this.log(`  base: ${plan.base.description}`)
       if (plan.kernel) this.log(`  kernel: ${plan.kernel.ref}${plan.kernel.modules ? ` (modules ${plan.kernel.modules})` : ''}`)
@@ -91,6 +94,10 @@ export default class Build extends BaseCommand {
     const startedOn = new Date()
     const stepLayers = new Map<number, string | undefined>()
     for (const s of plan.steps) if (s.cached) stepLayers.set(s.index, s.layer)
+    // In a terminal, a listr2 tree; in CI and pipes, plain lines; under --json, nothing.
+    const tree = !this.jsonEnabled() && interactive ? new BuildProgress(plan.steps, {quiet: false}) : undefined
+    let current: PlannedStep | undefined
+    const failedOutput: string[] = []
     const t0 = performance.now()
     const result = await executePlan({
       store,
@@ -103,7 +110,19 @@ export default class Build extends BaseCommand {
       bootPerStep: flags['boot-per-step'],
       onEvent: (e) => {
         if (e.type === 'step-done') stepLayers.set(e.step.index, e.layer?.digest)
+        if (e.type === 'step-start' || e.type === 'step-output') current = e.step
         if (this.jsonEnabled()) return
+        if (tree) {
+          if (e.type === 'step-cached') tree.cached(e.step.index)
+          else if (e.type === 'step-start') failedOutput.length = 0
+          else if (e.type === 'step-output') {
+            tree.output(e.step.index, e.line)
+            failedOutput.push(e.line)
+          } else if (e.type === 'step-done') {
+            tree.finished(e.step.index, `${(e.ms / 1000).toFixed(1)} s, ${e.layer ? `layer ${shortDigest(e.layer.digest)} ${humanBytes(e.layer.size)}` : 'no change'}`)
+          }
+          return
+        }
         if (e.type === 'console') {
           if (flags.debug || e.line.startsWith('@@ovm-error')) this.note(`builder: ${e.line}`)
         } else if (e.type === 'boot') this.note(`builder up in ${(e.ms / 1000).toFixed(1)} s`)
@@ -114,7 +133,16 @@ export default class Build extends BaseCommand {
           this.note(`    done in ${(e.ms / 1000).toFixed(1)} s, ${e.layer ? `layer ${shortDigest(e.layer.digest)} ${humanBytes(e.layer.size)}` : 'no change to the disk'}`)
         }
       },
+    }).catch(async (err: unknown) => {
+      if (tree && current) {
+        tree.failed(current.index, (err as Error).message)
+        await tree.close()
+        // The tree showed only the last line: print the failed step's whole output.
+        for (const l of failedOutput.slice(-200)) this.note(`    ${l}`)
+      }
+      throw err
     })
+    await tree?.close()
     const snapshot = prepared.parsed.ovmfile.snapshot
     let baked: BakeResult | undefined
     if (snapshot) {
