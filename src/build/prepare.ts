@@ -3,7 +3,13 @@ import {createReadStream} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
-import {AbortError, ExitCode, fileError, isErrno} from '../errors/index.js'
+import {AbortError, ExitCode, fileError, isErrno, isOvmError} from '../errors/index.js'
+import {copy, referrersOf} from '../oci/copy.js'
+import type {Descriptor} from '../oci/descriptor.js'
+import {parseReference} from '../oci/reference.js'
+import {openRemote} from '../oci/remote/client.js'
+import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
+import {remoteSource} from '../sign/sign.js'
 import type {LayoutStore} from '../oci/layout.js'
 import {type ParseResult, type Problem, ovmfileError, readOvmfile} from '../ovmfile/index.js'
 import {type SourceDigest, checkContext} from './context.js'
@@ -70,11 +76,28 @@ export async function prepareBuild(store: LayoutStore, opts: PrepareOptions): Pr
     baseKey = await fileDigest(path)
     baseDescription = `disk ${from.path}`
   } else {
-    const desc = await store.resolve(from.ref)
+    const desc = await resolveOrPull(store, from.ref)
     baseKey = desc.digest
     baseDescription = `${from.ref}@${desc.digest}`
   }
   const cache = opts.noCache ? {} : await readCacheIndex(store)
   const plan = planBuild(parsed.ovmfile, {baseKey, baseDescription, sources: ctx.digests}, cache)
   return {parsed, sources: ctx.digests, plan, warnings: parsed.warnings}
+}
+
+/**
+ * A base artifact from the store, pulled first when the reference names a
+ * registry and the store lacks it (the trust policy applies, as for `ovm pull`).
+ */
+async function resolveOrPull(store: LayoutStore, ref: string): Promise<Descriptor> {
+  try {
+    return await store.resolve(ref)
+  } catch (err) {
+    if (!(isOvmError(err) && err.code === 'REF_NOT_FOUND' && parseReference(ref).registry)) throw err
+  }
+  const src = openRemote(ref)
+  await enforcePolicy(remoteSource(src.repository, {checkBlobs: false}), ref, await loadPolicy(policyPath(store.root)))
+  await store.init()
+  const r = await copy(src.repository, src.part, store, ref, {}, {referrers: referrersOf})
+  return r.descriptor
 }
