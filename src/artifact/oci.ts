@@ -1,5 +1,5 @@
 import {AbortError, type ErrorDetail, ExitCode} from '../errors/index.js'
-import {Annotation, type Descriptor, type ImageManifest, MediaType, jsonBytes} from '../oci/descriptor.js'
+import {Annotation, type Descriptor, type ImageManifest, MediaType, jsonBytes, manifestDescriptor} from '../oci/descriptor.js'
 import {sha256} from '../oci/digest.js'
 import type {OvmsManifest} from './manifest.js'
 import {KNOWN_LAYER_MEDIA_TYPES, OvmsAnnotation, OvmsMediaType, ramSnapshotMediaType} from './media-types.js'
@@ -139,12 +139,7 @@ export function buildArtifact(ovms: OvmsManifest, layers: Descriptor[], opts: {c
     config,
     manifest,
     manifestBytes,
-    descriptor: {
-      mediaType: MediaType.imageManifest,
-      digest: sha256(manifestBytes),
-      size: manifestBytes.length,
-      artifactType: OvmsMediaType.manifest,
-    },
+    descriptor: manifestDescriptor(manifestBytes, OvmsMediaType.manifest),
   }
 }
 

@@ -1,3 +1,5 @@
+import {createHash} from 'node:crypto'
+
 /** OCI descriptors, manifests and indexes: the shapes ovm reads and writes. */
 
 export const MediaType = {
@@ -58,4 +60,15 @@ export function isIndexMediaType(mt: string): boolean {
 /** Canonical bytes for a JSON document ovm writes (stable key order as given). */
 export function jsonBytes(doc: unknown): Buffer {
   return Buffer.from(JSON.stringify(doc))
+}
+
+/** The descriptor of an image manifest's bytes (what a tag or a referrers list points at). */
+export function manifestDescriptor(bytes: Uint8Array, artifactType?: string, annotations?: Record<string, string>): Descriptor {
+  return {
+    mediaType: MediaType.imageManifest,
+    digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}`,
+    size: bytes.length,
+    ...(artifactType ? {artifactType} : {}),
+    ...(annotations ? {annotations} : {}),
+  }
 }

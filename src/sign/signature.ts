@@ -5,7 +5,7 @@ import {DSSEBundleBuilder, type Signer} from '@sigstore/sign'
 import {Verifier, toSignedEntity, toTrustMaterial} from '@sigstore/verify'
 
 import {AbortError, ExitCode} from '../errors/index.js'
-import {Annotation, type Descriptor, type ImageManifest, MediaType} from '../oci/descriptor.js'
+import {Annotation, type Descriptor, type ImageManifest, MediaType, manifestDescriptor} from '../oci/descriptor.js'
 import {sha256} from '../oci/digest.js'
 import {keyId} from './keys.js'
 
@@ -91,13 +91,7 @@ export async function createSignature(
     bundleDescriptor,
     manifest,
     manifestBytes,
-    descriptor: {
-      mediaType: MediaType.imageManifest,
-      digest: sha256(manifestBytes),
-      size: manifestBytes.length,
-      artifactType: SigstoreMediaType.bundle,
-      annotations: manifest.annotations,
-    },
+    descriptor: manifestDescriptor(manifestBytes, SigstoreMediaType.bundle, manifest.annotations),
   }
 }
 
