@@ -19,6 +19,7 @@ import {type LayoutStore, writeAtomic} from '../oci/layout.js'
 import {withFileLock} from '../oci/lock.js'
 import type {Ovmfile, Step} from '../ovmfile/types.js'
 import {buildInitramfs, ovmsInitramfs} from './initramfs.js'
+import {type ResolvedKernel, looksLikePath, resolveKernel} from './kernel.js'
 import type {BuildPlan, CacheEntry, CacheIndex, PlannedStep} from './plan.js'
 import {cacheIndexPath, readCacheIndex} from './prepare.js'
 import {shellQuote} from '../util/shell.js'
@@ -312,6 +313,22 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
   await mkdir(join(store.root, 'cache'), {recursive: true})
   const work = await mkdtemp(join(store.root, 'cache', 'build-'))
   const cache = await readCacheIndex(store)
+  if (!file.kernel) {
+    throw new AbortError({
+      code: 'MISSING_KERNEL',
+      message: `${file.source}: a build needs a KERNEL (taking the base artifact's kernel is not supported yet)`,
+      hint: 'Add KERNEL REF (a kernel artifact from `ovm kernel import`) or KERNEL PATH MODULES DIR.',
+      exitCode: ExitCode.invalid,
+      ref: file.source,
+    })
+  }
+  // KERNEL: a file in the context (with MODULES, or a .deb / unpacked root) or a kernel artifact (`ovm kernel import`).
+  const kref = file.kernel
+  const asPath = resolve(opts.context, kref.ref)
+  const isPath = Boolean(kref.modules) || looksLikePath(kref.ref) || (await stat(asPath).then(() => true, () => false))
+  const kernel = isPath
+    ? await resolveKernel(store, asPath, {modules: kref.modules ? resolve(opts.context, kref.modules) : undefined, cwd: opts.context})
+    : await resolveKernel(store, kref.ref)
   try {
     emit({type: 'phase', phase: 'base'})
     const layers: DiskLayer[] = await baseLayer(store, file, plan, opts.context, cache, work)
@@ -330,12 +347,8 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
     let boots = 0
     const stepMs = new Map<number, number>()
     if (toRun.length > 0) {
-      const kernelPath = resolve(opts.context, file.kernel!.ref)
-      if (!file.kernel?.modules) {
-        throw new AbortError({code: 'NO_MODULES', message: `${file.source}:${file.kernel?.pos.line ?? 1}: the builder needs the kernel's modules`, hint: 'Write KERNEL PATH MODULES /lib/modules/VERSION.', exitCode: ExitCode.invalid})
-      }
       const initrd = join(work, 'builder-initrd.gz')
-      await writeFile(initrd, (await buildInitramfs({modulesDir: resolve(opts.context, file.kernel.modules)})).bytes)
+      await writeFile(initrd, (await buildInitramfs({modulesDir: kernel.modulesDir})).bytes)
       const ctx = await contextDisk(work, file, toRun, opts.context)
       const groups = opts.bootPerStep ? toRun.map((s) => [s]) : [toRun]
       for (const group of groups) {
@@ -346,7 +359,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
         const agentSock = join(work, `agent-${boots}.sock`)
         const t0 = Date.now()
         const vm = await engine.boot({
-          kernel: kernelPath,
+          kernel: kernel.kernel,
           initrd,
           cmdline: 'console=ttyS0 panic=-1 quiet',
           memoryMiB: opts.memoryMiB ?? 512,
@@ -423,17 +436,18 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
       }
     }
     emit({type: 'phase', phase: 'assemble'})
-    const result = await assemble(store, opts, layers, work)
+    const result = await assemble(store, opts, layers, kernel)
     return {...result, boots, stepsRun: toRun.length, stepsCached: plan.steps.length - toRun.length, layers: layers.length - baseCount + 1}
   } finally {
+    await kernel.cleanup()
     await rm(work, {recursive: true, force: true})
   }
 }
 
 /** Kernel, boot initramfs (OVMS-Init), disk layers and bootstrap config → an artifact in the store. */
-async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], work: string): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'layers'>> {
+async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], kernel: ResolvedKernel): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'layers'>> {
   const {file} = opts
-  const kernelPath = resolve(opts.context, file.kernel!.ref)
+  const kernelPath = kernel.kernel
   const kernelSize = (await stat(kernelPath).catch((err: unknown) => {
     throw fileError(err, kernelPath, 'kernel')
   })).size
@@ -448,15 +462,14 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
     profile: 'ovms-init',
   }
   let initrdDesc: Descriptor | undefined
-  if (file.kernel?.modules) {
-    const bytes = (await ovmsInitramfs({modulesDir: resolve(opts.context, file.kernel.modules), bootstrap, extra: file.initrd ? resolve(opts.context, file.initrd) : undefined})).bytes
+  {
+    const bytes = (await ovmsInitramfs({modulesDir: kernel.modulesDir, bootstrap})).bytes
     initrdDesc = {...(await store.pushBytes(OvmsMediaType.initrd, bytes)), annotations: {[Annotation.title]: layerTitle('initrd')}}
     layers.push(initrdDesc)
   }
   layers.push(...disks.map((d, i) => ({...d.descriptor, annotations: {...d.descriptor.annotations, [Annotation.title]: layerTitle('disk', i)}})))
   const bootDesc = {...(await store.pushBytes(OvmsMediaType.bootstrapConfig, jsonBytes(bootstrap))), annotations: {[Annotation.title]: layerTitle('bootstrap')}}
   layers.push(bootDesc)
-  void work
   const name = file.labels['org.opencontainers.image.title'] ?? nameFromTag(opts.tags[0])
   const ovms: OvmsManifest = {
     schemaVersion: 1,

@@ -173,6 +173,22 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     }
   })
 
+  it('KERNEL can name a kernel artifact made by `ovm kernel import`', async () => {
+    const k = await ovm(['kernel', 'import', join(KERNEL_ROOT, 'kernel-root'), '-t', 'test/kernel:6.1', '--json'], {home})
+    expect(k.code, k.stderr).toBe(0)
+    const ctx3 = join(tmp.path, 'ctx3')
+    mkdirSync(ctx3, {recursive: true})
+    copyFileSync('/bin/busybox', join(ctx3, 'busybox'))
+    writeFileSync(
+      join(ctx3, 'Ovmfile'),
+      'FROM scratch 64M\nKERNEL test/kernel:6.1\nCOPY --chmod=0755 busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nENTRYPOINT ["/bin/sh", "-c", "echo kernel $(uname -r) from an artifact"]\n',
+    )
+    const r = await ovm(['build', ctx3, '-t', 'test/kart:1'], {home})
+    expect(r.code, r.stderr).toBe(0)
+    const boot = await ovm(['run', 'test/kart:1'], {home})
+    expect(boot.stdout).toContain('kernel 6.1.0-56-amd64 from an artifact')
+  })
+
   it('a bad Ovmfile gets every error and builds nothing', async () => {
     const bad = join(tmp.path, 'bad')
     mkdirSync(bad, {recursive: true})
