@@ -79,9 +79,16 @@ export function renderTree(nodes: ReferrerNode[], indent: string): string[] {
     const group = byType.get(t) ?? []
     group.forEach((n, j) => {
       const last = j === group.length - 1
-      out.push(`${sub}${last ? '└── ' : '├── '}${n.descriptor.digest}  ${humanBytes(n.descriptor.size)}`)
+      out.push(`${sub}${last ? '└── ' : '├── '}${n.descriptor.digest}  ${humanBytes(n.descriptor.size)}${describeReferrer(n.descriptor.annotations)}`)
       out.push(...renderTree(n.referrers, sub + (last ? '    ' : '│   ')))
     })
   })
   return out
+}
+
+/** What a Sigstore bundle holds, from the annotations cosign and ovm write: a signature or an attestation. */
+function describeReferrer(annotations: Record<string, string> | undefined): string {
+  const predicate = annotations?.['dev.sigstore.bundle.predicateType']
+  if (!predicate) return ''
+  return predicate === 'https://sigstore.dev/cosign/sign/v1' ? '  signature' : `  attestation ${predicate}`
 }

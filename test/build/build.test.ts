@@ -132,6 +132,9 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     const layers = prov.runDetails.byproducts.map((b: {annotations: {layer?: string}}) => b.annotations.layer)
     const diskDigests = info.layers.filter((l: {role: string}) => l.role === 'disk').slice(1).map((l: {digest: string}) => l.digest)
     expect(layers).toEqual(diskDigests)
+    const tree = (await ovm(['discover', 'test/app:1'], {home})).stdout
+    expect(tree).toMatch(/sha256:[0-9a-f]{64} +[\d.]+ B +signature$/m)
+    expect(tree).toMatch(/attestation https:\/\/slsa\.dev\/provenance\/v1$/m)
   })
 
   it('--push sends the result and its signed referrers to the registry the tag names', async () => {
