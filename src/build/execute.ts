@@ -300,15 +300,6 @@ async function stepLayer(store: LayoutStore, path: string, index: number): Promi
 export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
   const {store, file, plan, engine} = opts
   const emit = opts.onEvent ?? (() => undefined)
-  if (file.snapshot?.when?.kind === 'run') {
-    throw new AbortError({
-      code: 'SNAPSHOT_WHEN_RUN_UNSUPPORTED',
-      message: `${file.source}:${file.snapshot.pos.line}: SNAPSHOT WHEN-RUN needs an agent in the booted VM, which the OVMS-Init profile does not have yet`,
-      hint: 'Use SNAPSHOT WHEN "regexp" on a line the workload prints once it is ready.',
-      exitCode: ExitCode.invalid,
-      ref: `${file.source}:${file.snapshot.pos.line}`,
-    })
-  }
   await store.init()
   await mkdir(join(store.root, 'cache'), {recursive: true})
   const work = await mkdtemp(join(store.root, 'cache', 'build-'))

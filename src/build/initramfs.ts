@@ -95,6 +95,20 @@ mount -t proc proc /newroot/proc; mount -t sysfs sysfs /newroot/sys; mount -o bi
 touch /newroot/.ovm/busybox; mount -o bind /bin/busybox /newroot/.ovm/busybox
 printf '%s\\n' ${(cfg.env ?? []).map(shellQuote).join(' ') || "''"} > /newroot/etc/environment
 hostname ovm
+# The probe agent on COM2: "PROBE <base64 command>" runs it in the root file system, answers "PROBED <status>".
+if [ -c /dev/ttyS1 ]; then
+  (
+    exec 3<>/dev/ttyS1
+    stty -F /dev/ttyS1 raw -echo 2>/dev/null
+    while read -r cmd arg <&3; do
+      if [ "$cmd" = PROBE ]; then
+        c=$(echo "$arg" | base64 -d)
+        env -i ${env.map(shellQuote).join(' ')} chroot /newroot /.ovm/busybox sh -c "$c" >/dev/null 2>&1 </dev/null
+        echo "PROBED $?" >&3
+      fi
+    done
+  ) &
+fi
 echo "@@ovm-start"
 env -i ${env.map(shellQuote).join(' ')} chroot /newroot /.ovm/busybox sh -c ${shellQuote(`mkdir -p ${shellQuote(w)} && cd ${shellQuote(w)} && exec ${argv.map(shellQuote).join(' ')}`)}
 rc=$?

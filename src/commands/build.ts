@@ -146,11 +146,12 @@ export default class Build extends BaseCommand {
     const snapshot = prepared.parsed.ovmfile.snapshot
     let baked: BakeResult | undefined
     if (snapshot) {
-      this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : 'the workload starts'}`)
+      this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : snapshot.when?.kind === 'run' ? `\`${snapshot.when.command}\` succeeds` : 'the workload starts'}`)
       baked = await bakeSnapshot({
         store,
         reference: result.digest,
         when: snapshot.when?.kind === 'console' ? snapshot.when.pattern : undefined,
+        whenRun: snapshot.when?.kind === 'run' ? snapshot.when.command : undefined,
         timeoutMs: snapshot.timeoutMs,
         tag: flags.tag[0] as string,
         onLine: (l) => flags.debug && this.note(`vm: ${l}`),

@@ -236,6 +236,8 @@ export class Runtime {
         disks,
         devices,
         workDir,
+        // COM2 for the OVMS-Init agent (readiness probes for SNAPSHOT WHEN-RUN); always present, so a snapshot's machine matches.
+        agentSocket: join(workDir, 'agent.sock'),
       }
       for (const d of devices) {
         if (d.type === 'ivshmem' && d.size && d.path) {

@@ -58,4 +58,28 @@ describe.skipIf(vmSkipReason())('SNAPSHOT: a build that bakes a RAM snapshot', (
     expect(logs).not.toMatch(/^tick 0$/m)
     await ovm(['stop', st.instance_id], {home})
   })
+
+  it('WHEN-RUN: snapshots once a command run in the VM succeeds', async () => {
+    const ctx2 = join(tmp.path, 'ctx2')
+    mkdirSync(ctx2, {recursive: true})
+    copyFileSync('/bin/busybox', join(ctx2, 'busybox'))
+    writeFileSync(
+      join(ctx2, 'Ovmfile'),
+      SERVICE.replace('echo tick $i;', 'echo tick $i; [ $i = 2 ] && mkdir -p /tmp && touch /tmp/ready;').replace('SNAPSHOT WHEN "^tick 3$" TIMEOUT 90s', 'SNAPSHOT WHEN-RUN "test -f /tmp/ready" TIMEOUT 90s'),
+    )
+    const r = await ovm(['build', ctx2, '--build-arg', `KERNEL_ROOT=${FIXTURES}`, '-t', 'test/svc2:1', '--json'], {home})
+    expect(r.code, r.stderr).toBe(0)
+    const run = await ovm(['run', '-d', 'test/svc2:1', '--json'], {home})
+    expect(run.code, run.stderr).toBe(0)
+    const st = JSON.parse(run.stdout)
+    expect(st.metrics.restored).toBe(true)
+    let logs = ''
+    for (let i = 0; i < 100 && !/tick [3-9]/.test(logs); i++) {
+      await sleep(100)
+      logs = (await ovm(['logs', st.instance_id], {home})).stdout
+    }
+    expect(logs).toMatch(/tick [3-9]/)
+    expect(logs).not.toMatch(/^tick [01]$/m) // the probe succeeded after tick 2; the restore carries on from there
+    await ovm(['stop', st.instance_id], {home})
+  })
 })

@@ -1,4 +1,4 @@
-import {mkdirSync, readFileSync, readdirSync, writeFileSync} from 'node:fs'
+import {readFileSync, readdirSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -121,16 +121,9 @@ describe('ovm build --dry-run', () => {
     expect(JSON.parse(r.stdout).error.details).toHaveLength(expected('copy').length)
   })
 
-  it('without --dry-run, a build needs a tag (exit 2) and refuses SNAPSHOT WHEN-RUN by its line (exit 3), before booting anything', async () => {
+  it('without --dry-run, a build needs a tag (exit 2) before booting anything', async () => {
     const r = await ovm(['build', '--json', HELLO], {home})
     expect(r.code).toBe(2)
     expect(JSON.parse(r.stdout).error.code).toBe('MISSING_TAG')
-    const ctx = join(home, 'snap-ctx')
-    mkdirSync(ctx, {recursive: true})
-    writeFileSync(join(ctx, 'kernel'), 'x')
-    writeFileSync(join(ctx, 'Ovmfile'), 'FROM scratch 64M\nKERNEL kernel MODULES .\nRUN true\nSNAPSHOT WHEN-RUN "true"\n')
-    const s = await ovm(['build', '--json', '-t', 'x:1', ctx], {home})
-    expect(s.code).toBe(3)
-    expect(JSON.parse(s.stdout).error).toMatchObject({code: 'SNAPSHOT_WHEN_RUN_UNSUPPORTED', ref: `${join(ctx, 'Ovmfile')}:4`})
   })
 })
