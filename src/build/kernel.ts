@@ -14,7 +14,7 @@
 import {execFile, spawn} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {createWriteStream} from 'node:fs'
-import {chmod, mkdir, mkdtemp, open, readFile, readdir, rename, rm, stat} from 'node:fs/promises'
+import {chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, stat} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {basename, join, resolve} from 'node:path'
 import {pipeline} from 'node:stream/promises'
@@ -28,6 +28,7 @@ import type {LayoutStore} from '../oci/layout.js'
 import {parseReference} from '../oci/reference.js'
 import {BUILDER_MODULES} from './initramfs.js'
 import {type PackEvent, type PackResult, packArtifact} from './pack.js'
+import {readHead} from '../util/fs.js'
 
 const run = promisify(execFile)
 
@@ -83,17 +84,6 @@ export function kernelCacheDir(store: LayoutStore): string {
 const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+~-]*$/
 
 // ---- kernel files ---------------------------------------------------------
-
-async function readHead(path: string, n: number): Promise<Buffer> {
-  const fh = await open(path, 'r')
-  try {
-    const buf = Buffer.alloc(n)
-    const {bytesRead} = await fh.read(buf, 0, n, 0)
-    return buf.subarray(0, bytesRead)
-  } finally {
-    await fh.close()
-  }
-}
 
 /**
  * Check a kernel image and read its release when it says (a bzImage carries

@@ -1,5 +1,5 @@
 import {createReadStream} from 'node:fs'
-import {open, readFile, stat} from 'node:fs/promises'
+import {readFile, stat} from 'node:fs/promises'
 import {resolve} from 'node:path'
 import {Transform, type Readable} from 'node:stream'
 
@@ -13,6 +13,7 @@ import {AbortError, ExitCode, fileError} from '../errors/index.js'
 import {Annotation, type Descriptor} from '../oci/descriptor.js'
 import type {LayoutStore} from '../oci/layout.js'
 import {parseReference, refName} from '../oci/reference.js'
+import {readHead} from '../util/fs.js'
 
 export interface PackOptions {
   name: string
@@ -203,17 +204,6 @@ export async function packArtifact(store: LayoutStore, opts: PackOptions, emit?:
     emit?.({type: 'tagged', reference: name, digest: built.descriptor.digest})
   }
   return {references: names, digest: built.descriptor.digest, size: built.descriptor.size, manifest: built.manifest, ovms: built.ovms}
-}
-
-async function readHead(path: string, n: number): Promise<Buffer> {
-  const fh = await open(path, 'r')
-  try {
-    const buf = Buffer.alloc(n)
-    const {bytesRead} = await fh.read(buf, 0, n, 0)
-    return buf.subarray(0, bytesRead)
-  } finally {
-    await fh.close()
-  }
 }
 
 /** A Linux kernel is a bzImage ("HdrS" at 0x202) or an ELF vmlinux. */
