@@ -10,7 +10,7 @@ import {parseReference} from '../oci/reference.js'
 import {openRemote} from '../oci/remote/client.js'
 import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
 import {remoteSource} from '../sign/sign.js'
-import type {LayoutStore} from '../oci/layout.js'
+import {type LayoutStore, pathExists} from '../oci/layout.js'
 import {type ParseResult, type Problem, ovmfileError, readOvmfile} from '../ovmfile/index.js'
 import {type SourceDigest, checkContext} from './context.js'
 import {type BuildPlan, type CacheIndex, planBuild} from './plan.js'
@@ -80,7 +80,7 @@ export async function prepareBuild(store: LayoutStore, opts: PrepareOptions): Pr
     baseKey = desc.digest
     baseDescription = `${from.ref}@${desc.digest}`
   }
-  const cache = opts.noCache ? {} : await readCacheIndex(store)
+  const cache = opts.noCache ? {} : await liveCacheEntries(store)
   const plan = planBuild(parsed.ovmfile, {baseKey, baseDescription, sources: ctx.digests}, cache)
   return {parsed, sources: ctx.digests, plan, warnings: parsed.warnings}
 }
@@ -100,4 +100,15 @@ async function resolveOrPull(store: LayoutStore, ref: string): Promise<Descripto
   await store.init()
   const r = await copy(src.repository, src.part, store, ref, {}, {referrers: referrersOf})
   return r.descriptor
+}
+
+/** The cache index without entries whose layer blob is gone (pruned): those steps run again. */
+async function liveCacheEntries(store: LayoutStore): Promise<CacheIndex> {
+  const all = await readCacheIndex(store)
+  const out: Record<string, CacheIndex[string]> = {}
+  for (const [key, entry] of Object.entries(all)) {
+    if (entry.layer && !(await pathExists(store.blobPath(entry.layer)))) continue
+    out[key] = entry
+  }
+  return out
 }

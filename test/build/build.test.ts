@@ -192,6 +192,18 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     expect(boot.stdout).toContain('kernel 6.1.0-56-amd64 from an artifact')
   })
 
+  it('after rm and prune removed its layers, a build runs those steps again instead of failing', async () => {
+    const h = join(tmp.path, 'prune-home')
+    const b = (): ReturnType<typeof ovm> => ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', 'test/p:1', '--json'], {home: h})
+    expect((await b()).code).toBe(0)
+    expect((await ovm(['rm', 'test/p:1', '--prune'], {home: h})).code).toBe(0)
+    const plan = JSON.parse((await ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', 'test/p:1', '--dry-run', '--json'], {home: h})).stdout).plan
+    expect(plan.steps.every((s: {cached: boolean}) => !s.cached)).toBe(true)
+    const again = await b()
+    expect(again.code, again.stderr).toBe(0)
+    expect(JSON.parse(again.stdout).result.stepsRun).toBe(plan.steps.length)
+  })
+
   it('a bad Ovmfile gets every error and builds nothing', async () => {
     const bad = join(tmp.path, 'bad')
     mkdirSync(bad, {recursive: true})
