@@ -19,7 +19,7 @@ export default class Prune extends BaseCommand {
     if (!this.jsonEnabled()) {
       const verb = flags['dry-run'] ? 'would remove' : 'removed'
       for (const r of report.removed) this.log(`${verb} ${r.digest} (${humanBytes(r.size)})`)
-      this.log(`${verb} ${report.removed.length} blobs (${humanBytes(report.bytes)}) and ${report.ingestRemoved} stale ingest files; kept ${report.kept}`)
+      this.log(`${verb} ${report.removed.length} blobs (${humanBytes(report.bytes)}), ${report.ingestRemoved} stale ingest files and ${report.cacheRemoved} unpacked cache entries; kept ${report.kept}`)
     }
     return {...report, dryRun: flags['dry-run']}
   }

@@ -35,6 +35,9 @@ import type {Content, TaggedDescriptor, Target} from './storage.js'
 /** Largest manifest or index ovm reads into memory (the distribution spec's floor). */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
+/** Folders under cache/ whose entries are named by a blob digest (see disk/unpack, contract/ramsnap, build/kernel). */
+const CACHE_KINDS = ['disks', 'ramsnap', 'kernels']
+
 /** `$OVM_HOME`, else `$XDG_DATA_HOME/ovm`, else `~/.local/share/ovm`. */
 export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
   if (env.OVM_HOME) return env.OVM_HOME
@@ -55,6 +58,8 @@ export interface PruneReport {
   removed: {digest: string; size: number}[]
   bytes: number
   ingestRemoved: number
+  /** Unpacked cache entries (cache/disks, cache/ramsnap, cache/kernels) whose blob is gone. */
+  cacheRemoved: number
   kept: number
 }
 
@@ -430,7 +435,7 @@ export class LayoutStore implements Target {
 
   /** Remove blobs nothing references (kept: leases of live ovm processes) and dead ingests. */
   async prune(opts: {dryRun?: boolean} = {}): Promise<PruneReport> {
-    const report: PruneReport = {removed: [], bytes: 0, ingestRemoved: 0, kept: 0}
+    const report: PruneReport = {removed: [], bytes: 0, ingestRemoved: 0, cacheRemoved: 0, kept: 0}
     if (!(await pathExists(this.indexPath))) return report
     await withFileLock(`${this.indexPath}.lock`, async () => {
       const {live} = await this.reachable()
@@ -450,6 +455,18 @@ export class LayoutStore implements Target {
       for (const path of await this.staleIngest()) {
         if (!opts.dryRun) await rm(path, {force: true})
         report.ingestRemoved++
+      }
+      // Unpacked copies (disk layers, RAM snapshots, kernel artifacts) are named by their blob's digest:
+      // drop those whose blob is gone.
+      const left = new Set((await this.blobs()).filter((d) => !report.removed.some((r) => r.digest === d)))
+      for (const kind of CACHE_KINDS) {
+        const dir = join(this.root, 'cache', kind)
+        for (const name of await readdir(dir).catch(() => [] as string[])) {
+          const hex = /^[a-f0-9]{64}/.exec(name)?.[0]
+          if (!hex || left.has(`sha256:${hex}`)) continue
+          if (!opts.dryRun) await rm(join(dir, name), {recursive: true, force: true})
+          report.cacheRemoved++
+        }
       }
     })
     return report

@@ -1,5 +1,5 @@
 import {execFile} from 'node:child_process'
-import {existsSync, readFileSync, readdirSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {Readable} from 'node:stream'
 import {promisify} from 'node:util'
@@ -107,8 +107,18 @@ describe('LayoutStore', () => {
     const report = await store.prune()
     expect(report.removed.map((r) => r.digest)).toEqual([orphan.digest])
     expect(report.kept).toBe(3)
+    // Unpacked cache entries follow their blobs.
+    const disks = join(store.root, 'cache', 'disks')
+    mkdirSync(disks, {recursive: true})
+    writeFileSync(join(disks, `${layer.digest.slice(7)}.raw`), 'x')
+    writeFileSync(join(disks, `${'e'.repeat(64)}.qcow2`), 'x')
+    expect((await store.prune()).cacheRemoved).toBe(1)
+    expect(readdirSync(disks)).toEqual([`${layer.digest.slice(7)}.raw`])
     await store.untag('keep:1')
-    expect((await store.prune()).removed.map((r) => r.digest).sort()).toEqual([cfg.digest, layer.digest, m.digest].sort())
+    const last = await store.prune()
+    expect(last.removed.map((r) => r.digest).sort()).toEqual([cfg.digest, layer.digest, m.digest].sort())
+    expect(last.cacheRemoved).toBe(1)
+    expect(readdirSync(disks)).toEqual([])
     expect(hashAllBlobs(store.root)).toEqual([])
   })
 
