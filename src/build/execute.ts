@@ -53,7 +53,9 @@ export interface ExecuteOptions {
 export interface BuildResult {
   references: string[]
   digest: string
-  layers: number
+  /** Disk layers in the artifact: the base chain and one per step that produced a diff. */
+  diskLayers: number
+  /** Builder VMs booted (0 when every step was cached). */
   boots: number
   stepsRun: number
   stepsCached: number
@@ -323,7 +325,6 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
   try {
     emit({type: 'phase', phase: 'base'})
     const layers: DiskLayer[] = await baseLayer(store, file, plan, opts.context, cache, work)
-    const baseCount = layers.length
     for (const s of plan.steps) {
       if (!s.cached) break
       emit({type: 'step-cached', step: s})
@@ -428,7 +429,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
     }
     emit({type: 'phase', phase: 'assemble'})
     const result = await assemble(store, opts, layers, kernel)
-    return {...result, boots, stepsRun: toRun.length, stepsCached: plan.steps.length - toRun.length, layers: layers.length - baseCount + 1}
+    return {...result, boots, stepsRun: toRun.length, stepsCached: plan.steps.length - toRun.length, diskLayers: layers.length}
   } finally {
     await kernel.cleanup()
     await rm(work, {recursive: true, force: true})
@@ -436,7 +437,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
 }
 
 /** Kernel, boot initramfs (OVMS-Init), disk layers and bootstrap config → an artifact in the store. */
-async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], kernel: ResolvedKernel): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'layers'>> {
+async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], kernel: ResolvedKernel): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'diskLayers'>> {
   const {file} = opts
   const kernelPath = kernel.kernel
   const kernelSize = (await stat(kernelPath).catch((err: unknown) => {
