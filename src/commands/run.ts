@@ -88,6 +88,15 @@ export default class Run extends BaseCommand {
     if (how === 'detached') this.note(`\ndetached; the instance runs on (ovm logs -f ${st.instance_id}, ovm stop ${st.instance_id})`)
     const final = await client.status(st.instance_id)
     if (how === 'ended') this.note(`\ninstance ${st.instance_id} ${final.state}${final.exit ? ` (${final.exit.reason})` : ''}`)
+    if (how === 'ended') {
+      // OVMS-Init reports the workload's exit status on the console: `ovm run` exits with it, as `docker run` does.
+      let workload: number | undefined
+      await client.logs(st.instance_id, (r) => {
+        const m = r.type === 'console' ? /^@@ovm-exit (\d+)/.exec(r.line) : null
+        if (m) workload = Number(m[1])
+      }, {follow: false})
+      if (workload !== undefined && workload !== 0) process.exitCode = workload
+    }
     if (final.state === 'error') {
       throw new AbortError({
         code: 'VM_CRASHED',

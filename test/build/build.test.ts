@@ -81,6 +81,17 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     expect(JSON.parse(r.stdout).result).toMatchObject({boots: 0, stepsRun: 0, stepsCached: 5})
   })
 
+  it('ovm run exits with the workload\'s exit status; a new ENTRYPOINT alone boots no builder', async () => {
+    const other = join(ctx, 'Exit7.Ovmfile')
+    writeFileSync(other, OVMFILE.replace(/ENTRYPOINT .*\n/, 'ENTRYPOINT ["/bin/sh", "-c", "echo leaving; exit 7"]\n'))
+    const r = await ovm(['build', '-f', other, ctx, '--build-arg', `KERNEL_ROOT=${KERNEL_ROOT}`, '-t', 'test/exit7:1', '--json'], {home})
+    expect(r.code, r.stderr).toBe(0)
+    expect(JSON.parse(r.stdout).result.boots).toBe(0)
+    const boot = await ovm(['run', 'test/exit7:1'], {home})
+    expect(boot.stdout).toContain('leaving')
+    expect(boot.code).toBe(7)
+  })
+
   it('changing one COPY input rebuilds from that step on only', async () => {
     writeFileSync(join(ctx, 'data.txt'), 'second version\n')
     const plan = JSON.parse((await build(['--dry-run'])).stdout).plan

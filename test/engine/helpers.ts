@@ -91,7 +91,7 @@ export async function holdVmLock(): Promise<() => void> {
         acquired()
         await held
       },
-      {timeoutMs: 300_000},
+      {timeoutMs: 1_200_000},
     ).catch(failed)
   })
   return release
