@@ -120,7 +120,7 @@ poweroff -f`}
 }
 
 /** The boot initramfs of a built artifact (OVMS-Init profile). */
-export async function ovmsInitramfs(opts: {modulesDir: string; bootstrap: BootstrapConfig; busybox?: string; extra?: string}): Promise<BuilderInitramfs> {
+export async function ovmsInitramfs(opts: {modulesDir: string; bootstrap: BootstrapConfig; busybox?: string}): Promise<BuilderInitramfs> {
   return assembleInitramfs(opts, (mods) => [{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(ovmsInitScript(mods, opts.bootstrap))}])
 }
 

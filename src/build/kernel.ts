@@ -29,6 +29,7 @@ import {parseReference} from '../oci/reference.js'
 import {BUILDER_MODULES} from './initramfs.js'
 import {type PackEvent, type PackResult, packArtifact} from './pack.js'
 import {readHead} from '../util/fs.js'
+import {probeKernel} from '../disk/kernel-image.js'
 
 const run = promisify(execFile)
 
@@ -84,42 +85,6 @@ export function kernelCacheDir(store: LayoutStore): string {
 const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+~-]*$/
 
 // ---- kernel files ---------------------------------------------------------
-
-/**
- * Check a kernel image and read its release when it says (a bzImage carries
- * it in the setup header's kernel_version string; a vmlinux does not here).
- */
-export async function probeKernel(path: string): Promise<{format: 'bzImage' | 'elf'; release?: string}> {
-  let head: Buffer
-  try {
-    const st = await stat(path)
-    if (!st.isFile()) throw Object.assign(new Error('EISDIR'), {code: 'EISDIR'})
-    head = await readHead(path, 0x4000 + 0x200)
-  } catch (err) {
-    throw fileError(err, path, 'kernel')
-  }
-  if (head.length >= 0x206 && head.toString('latin1', 0x202, 0x206) === 'HdrS') {
-    const off = head.readUInt16LE(0x20e)
-    let release: string | undefined
-    if (off > 0) {
-      const full = head.length >= off + 0x200 + 64 ? head : await readHead(path, off + 0x200 + 256)
-      const start = off + 0x200
-      const end = full.indexOf(0, start)
-      const text = full.toString('latin1', start, end < 0 ? Math.min(full.length, start + 256) : end)
-      const first = text.split(' ')[0]
-      if (first && VERSION_RE.test(first)) release = first
-    }
-    return {format: 'bzImage', release}
-  }
-  if (head.length >= 4 && head.readUInt32BE(0) === 0x7f454c46) return {format: 'elf'}
-  throw new AbortError({
-    code: 'NOT_A_KERNEL',
-    message: `${resolve(path)} is not a Linux kernel (no bzImage header, not ELF)`,
-    hint: 'Pass a bzImage such as /boot/vmlinuz-*, an uncompressed vmlinux, a Debian linux-image-*.deb, or a folder with boot/ and lib/modules/.',
-    exitCode: ExitCode.invalid,
-    ref: path,
-  })
-}
 
 /** The release the modules were built for, from a module's vermagic. */
 async function modulesRelease(index: Map<string, string>): Promise<string | undefined> {

@@ -1,6 +1,5 @@
 import {createReadStream} from 'node:fs'
 import {readFile, stat} from 'node:fs/promises'
-import {resolve} from 'node:path'
 import {Transform, type Readable} from 'node:stream'
 
 import type {BootstrapConfig, OvmsManifest} from '../artifact/manifest.js'
@@ -14,6 +13,7 @@ import {Annotation, type Descriptor} from '../oci/descriptor.js'
 import type {LayoutStore} from '../oci/layout.js'
 import {parseReference, refName} from '../oci/reference.js'
 import {readHead} from '../util/fs.js'
+import {probeKernel} from '../disk/kernel-image.js'
 
 export interface PackOptions {
   name: string
@@ -73,7 +73,7 @@ async function collectInputs(opts: PackOptions): Promise<{inputs: Input[]; compr
   const title = (role: Input['role'], index = 0, c?: RamCompression): Record<string, string> => ({[Annotation.title]: layerTitle(role, index, c)})
 
   const kernelSize = await file(opts.kernel, 'kernel')
-  await checkKernel(opts.kernel)
+  await probeKernel(opts.kernel, 'Pass a bzImage such as /boot/vmlinuz-* or an uncompressed vmlinux.')
   inputs.push({role: 'kernel', path: opts.kernel, size: kernelSize, mediaType: OvmsMediaType.kernel, annotations: title('kernel')})
   if (opts.modules) {
     inputs.push({role: 'kernel-modules', path: opts.modules, size: await file(opts.modules, 'kernel modules tar'), mediaType: OvmsMediaType.kernelModules, annotations: title('kernel-modules')})
@@ -204,22 +204,6 @@ export async function packArtifact(store: LayoutStore, opts: PackOptions, emit?:
     emit?.({type: 'tagged', reference: name, digest: built.descriptor.digest})
   }
   return {references: names, digest: built.descriptor.digest, size: built.descriptor.size, manifest: built.manifest, ovms: built.ovms}
-}
-
-/** A Linux kernel is a bzImage ("HdrS" at 0x202) or an ELF vmlinux. */
-async function checkKernel(path: string): Promise<void> {
-  const head = await readHead(path, 0x210)
-  const isBzImage = head.length >= 0x206 && head.toString('latin1', 0x202, 0x206) === 'HdrS'
-  const isElf = head.length >= 4 && head.readUInt32BE(0) === 0x7f454c46
-  if (!isBzImage && !isElf) {
-    throw new AbortError({
-      code: 'NOT_A_KERNEL',
-      message: `${resolve(path)} is not a Linux kernel (no bzImage header, not ELF)`,
-      hint: 'Pass a bzImage such as /boot/vmlinuz-* or an uncompressed vmlinux.',
-      exitCode: ExitCode.invalid,
-      ref: path,
-    })
-  }
 }
 
 async function detectCompression(path: string, declared?: RamCompression): Promise<RamCompression> {
