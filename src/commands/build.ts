@@ -17,7 +17,7 @@ import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
 import {SLSA_PROVENANCE_V1, buildProvenance} from '../sign/provenance.js'
 import {signArtifact} from '../sign/sign.js'
 import {BuildProgress} from '../ui/build-progress.js'
-import {humanBytes, shortDigest} from '../ui/format.js'
+import {humanBytes, isInteractive, shortDigest} from '../ui/format.js'
 
 export default class Build extends BaseCommand {
   static summary = 'Build an OVMS artifact from an Ovmfile.'
@@ -61,7 +61,7 @@ export default class Build extends BaseCommand {
     const prepared = await prepareBuild(store, {ovmfile, context, buildArgs: parseBuildArgs(flags['build-arg']), noCache: flags['no-cache']})
     for (const w of prepared.warnings) this.note(`${ovmfile}:${w.line}:${w.col}: warning: ${w.message} [${w.code}]`)
     const {plan} = prepared
-    const interactive = Boolean(process.stderr.isTTY) && process.env.CI !== 'true'
+    const interactive = isInteractive(process.stderr)
     // In a terminal the task tree shows the plan as it runs; print it when planning only, or for logs.
     if (!this.jsonEnabled() && (flags['dry-run'] || !interactive)) {
       this.log(`Plan for ${ovmfile} (context ${context})`)

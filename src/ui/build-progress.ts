@@ -1,5 +1,7 @@
 import {Listr, ListrLogger, ProcessOutput} from 'listr2'
 
+import {isInteractive} from './format.js'
+
 /** What the build progress view needs to know about a step (a subset of the plan's). */
 export interface ProgressStep {
   index: number
@@ -35,7 +37,7 @@ export class BuildProgress {
       this.pending.set(s.index, p)
       waits.set(s.index, promise)
     }
-    const tty = Boolean(process.stderr.isTTY) && process.env.CI !== 'true'
+    const tty = isInteractive(process.stderr)
     const list = new Listr(
       steps.map((s) => ({
         title: `line ${s.line}: ${s.text}`,

@@ -32,3 +32,8 @@ export function table(header: string[], rows: string[][]): string {
 export function useColor(stream: NodeJS.WriteStream = process.stdout): boolean {
   return Boolean(stream.isTTY) && !('NO_COLOR' in process.env) && process.env.TERM !== 'dumb'
 }
+
+/** Whether progress may redraw in place: a terminal, and not a CI log. */
+export function isInteractive(stream: NodeJS.WriteStream = process.stderr): boolean {
+  return Boolean(stream.isTTY) && process.env.CI !== 'true'
+}

@@ -1,4 +1,4 @@
-import {humanBytes} from './format.js'
+import {humanBytes, isInteractive} from './format.js'
 
 /**
  * Byte progress for one item at a time, on stderr: a redrawn line in a
@@ -12,7 +12,7 @@ export class ProgressLine {
     private readonly quiet: boolean,
     private readonly out: NodeJS.WriteStream = process.stderr,
   ) {
-    this.tty = Boolean(out.isTTY) && process.env.CI !== 'true'
+    this.tty = isInteractive(out)
   }
 
   start(label: string, total: number): void {
@@ -64,7 +64,7 @@ export class BlobProgress {
     private readonly quiet: boolean,
     private readonly out: NodeJS.WriteStream = process.stderr,
   ) {
-    this.tty = Boolean(out.isTTY) && process.env.CI !== 'true'
+    this.tty = isInteractive(out)
   }
 
   start(id: string, label: string, total: number): void {
