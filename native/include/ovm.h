@@ -1,0 +1,229 @@
+/*
+ * ovm.h — the whole internal API of ovm's native KVM engine (the VMM).
+ *
+ * One header, like Solo5's hvt: every function that crosses a file is
+ * declared here with its preconditions. Files (see design.md):
+ *   vm.c vcpu.c serial.c i8042.c snapshot.c       core (owner: core)
+ *   arch/x86_64/{boot,cpu}.c                      zero page, e820, GDT, page tables, CPUID, MSRs
+ *   bus.c mem.c err.c buf.c                        shared helpers
+ *   pci.c virtio_pci.c virtqueue.c virtio_blk.c   PCI host bridge + virtio (owner: block)
+ *   qcow2.c disk.c                                  block backends: raw and qcow2 chains
+ *   binding.c                                       the only file that includes node_api.h
+ *
+ * Rules
+ * - Nothing here exits or aborts the process. Functions return 0 (or a
+ *   count) on success and a negative errno on failure, after writing a
+ *   message into the caller's `struct ovm_err` with ovm_errf(). Only
+ *   binding.c turns that into a JS exception.
+ * - Every guest-physical access goes through ovm_gpa() (bounds-checked,
+ *   overflow-safe). No other code adds offsets to mem->host.
+ * - The core (everything but binding.c) does not include node_api.h, so
+ *   it also links into the stand-alone tools in native/tools/ and the
+ *   unit tests in native/test/.
+ */
+#ifndef OVM_H
+#define OVM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+/* ---------------------------------------------------------------- errors */
+
+#define OVM_ERR_MAX 512
+
+/* An error message slot. `code` is a positive errno (0 = no error). */
+struct ovm_err {
+	int code;
+	char msg[OVM_ERR_MAX];
+};
+
+/* Record an error: `code` is a positive errno; returns -code so callers
+ * can write `return ovm_errf(err, EINVAL, "virtio-blk: ...", ...)`.
+ * `err` may be NULL (the message is then dropped). */
+int ovm_errf(struct ovm_err *err, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* --------------------------------------------------------- guest memory */
+
+/* Guest RAM: one anonymous (or MAP_PRIVATE file) mapping that the guest
+ * sees at guest-physical 0 .. size. RAM above OVM_MMIO_HOLE_START moves
+ * above 4 GiB (slot 1) so that the PCI hole stays free. */
+#define OVM_MMIO_HOLE_START 0xC0000000ull /* 3 GiB: PCI BARs live here */
+#define OVM_MMIO_HOLE_END 0x100000000ull  /* 4 GiB */
+
+struct ovm_mem {
+	uint8_t *host;  /* host address of guest RAM byte 0 */
+	uint64_t size;  /* bytes of RAM (both slots together) */
+};
+
+/* Translate [gpa, gpa+len) to a host pointer, or NULL when any byte of it
+ * is not RAM (out of bounds, in the MMIO hole, or gpa+len overflows).
+ * len may be 0 (then gpa must be <= the end of RAM). The only way to touch
+ * guest memory. */
+void *ovm_gpa(const struct ovm_mem *mem, uint64_t gpa, uint64_t len);
+
+/* -------------------------------------------------------------- buffers */
+
+/* A growable byte buffer for device state (snapshot). */
+struct ovm_buf {
+	uint8_t *data;
+	size_t len, cap;
+};
+int ovm_buf_put(struct ovm_buf *b, const void *data, size_t len); /* -ENOMEM */
+void ovm_buf_free(struct ovm_buf *b);
+
+/* Sequential reader over saved state; every get fails with -EINVAL (and
+ * a message naming `what`) when the state is too short. */
+struct ovm_rd {
+	const uint8_t *data;
+	size_t len, off;
+};
+int ovm_rd_get(struct ovm_rd *r, void *out, size_t len, const char *what, struct ovm_err *err);
+
+/* ---------------------------------------------------------------- buses */
+
+/* A handler for an I/O port or MMIO range. `off` is relative to the
+ * range's base; len is 1, 2, 4 or 8. On a read the handler fills `data`
+ * (little-endian); unhandled bits read as 0xff. Called on a vCPU thread;
+ * a device with state shared with other threads locks itself. Returns 0,
+ * or -errno for a fault the VMM should report (the guest is then stopped
+ * with that message). */
+typedef int (*ovm_io_fn)(void *opaque, uint64_t off, uint8_t *data, uint32_t len, bool is_write);
+
+#define OVM_BUS_MAX 64
+
+struct ovm_io_range {
+	uint64_t base, len;
+	ovm_io_fn fn;
+	void *opaque;
+	const char *name;
+};
+
+struct ovm_bus {
+	struct ovm_io_range r[OVM_BUS_MAX];
+	int n;
+};
+
+/* Register [base, base+len). Fails with -EEXIST on overlap, -ENOSPC when full. */
+int ovm_bus_register(struct ovm_bus *bus, uint64_t base, uint64_t len, ovm_io_fn fn,
+		     void *opaque, const char *name, struct ovm_err *err);
+/* Move a registered range (PCI BAR reprogramming). -ENOENT if `opaque`+`old_base` unknown. */
+int ovm_bus_move(struct ovm_bus *bus, uint64_t old_base, void *opaque, uint64_t new_base,
+		 struct ovm_err *err);
+/* Dispatch an access; an address with no handler reads as all ones and
+ * ignores writes (returns 1 so the caller may count it). */
+int ovm_bus_dispatch(struct ovm_bus *bus, uint64_t addr, uint8_t *data, uint32_t len, bool is_write);
+
+/* ----------------------------------------------------------- interrupts */
+
+/* How a device raises an interrupt, provided by vm.c (KVM_IRQ_LINE for
+ * INTx/ISA lines, KVM_SIGNAL_MSI for MSI). Safe from any thread. Unit
+ * tests pass a recording fake. */
+struct ovm_irq {
+	int (*set_line)(void *opaque, uint32_t gsi, int level);
+	int (*signal_msi)(void *opaque, uint64_t addr, uint32_t data);
+	void *opaque;
+};
+
+/* ------------------------------------------------------- block backends */
+
+/* A disk as the guest sees it: a raw file, or a qcow2 chain (base first,
+ * each later image's backing file being the one before). Reads fall
+ * through the chain; writes go copy-on-write into the top image only
+ * (whole clusters copied up from below), never into a lower one. */
+struct ovm_disk;
+
+/* Open a chain. paths[0] is the base. formats[i] is "raw" or "qcow2".
+ * A read-only disk refuses writes with -EROFS. A qcow2 top image must be
+ * qcow2 version 2 or 3 without compression/encryption/external data files
+ * when writable; anything unsupported is refused naming the file and the
+ * feature. */
+int ovm_disk_open(struct ovm_disk **out, const char *const *paths, const char *const *formats,
+		  int n, bool read_only, struct ovm_err *err);
+uint64_t ovm_disk_size(const struct ovm_disk *d); /* virtual size in bytes */
+bool ovm_disk_read_only(const struct ovm_disk *d);
+/* Byte-granular I/O at a 512-byte-aligned offset. -EIO with a message on failure. */
+int ovm_disk_read(struct ovm_disk *d, uint64_t off, void *buf, size_t len, struct ovm_err *err);
+int ovm_disk_write(struct ovm_disk *d, uint64_t off, const void *buf, size_t len, struct ovm_err *err);
+/* Make everything written so far durable (metadata too: L1/L2/refcounts). */
+int ovm_disk_flush(struct ovm_disk *d, struct ovm_err *err);
+/* Flush and close; the qcow2 top passes `qemu-img check` afterwards. */
+void ovm_disk_close(struct ovm_disk *d);
+
+/* ------------------------------------------------------------- devices */
+
+/* A device the VM owns. Each saves and restores its own state (Firecracker's
+ * persist.rs per device); `save` appends to `out`, `load` reads exactly what
+ * save wrote. `reset` is optional. */
+struct ovm_device_ops {
+	const char *name;
+	int (*save)(void *dev, struct ovm_buf *out, struct ovm_err *err);
+	int (*load)(void *dev, struct ovm_rd *in, struct ovm_err *err);
+	void (*destroy)(void *dev);
+};
+
+/* -------------------------------------------------------------- PCI / virtio */
+
+/* The PCI host bridge on conf1 (ports 0xCF8..0xCFF), bus 0. Devices get
+ * consecutive slots; BARs are 32-bit memory BARs allocated in the MMIO
+ * hole from OVM_PCI_MMIO_BASE. INTx: slot s uses GSI (OVM_PCI_IRQ_BASE + s % 4)
+ * reported in config-space INTERRUPT_LINE; virtio-pci also offers MSI-X. */
+#define OVM_PCI_MMIO_BASE 0xD0000000ull
+#define OVM_PCI_IRQ_BASE 5
+
+struct ovm_pci;
+
+/* Create the bridge and register its conf1 ports on `pio` and BAR space on `mmio`. */
+int ovm_pci_create(struct ovm_pci **out, struct ovm_bus *pio, struct ovm_bus *mmio,
+		   const struct ovm_irq *irq, struct ovm_err *err);
+void ovm_pci_destroy(struct ovm_pci *pci);
+
+/* A virtio-blk device (modern virtio-pci, VIRTIO_F_VERSION_1) over `disk`,
+ * which it owns from now on. Requests are served on the vCPU thread that
+ * writes the queue notification. Bad descriptor chains complete with
+ * VIRTIO_BLK_S_IOERR (or are skipped when not even a status byte can be
+ * written) and never touch memory outside guest RAM. */
+int ovm_virtio_blk_add(struct ovm_pci *pci, const struct ovm_mem *mem, struct ovm_disk *disk,
+		       const char *serial, struct ovm_err *err);
+
+/* Save/load the bridge and every device on it (config spaces, BARs,
+ * virtqueue indices, MSI-X tables, feature bits). */
+int ovm_pci_save(struct ovm_pci *pci, struct ovm_buf *out, struct ovm_err *err);
+int ovm_pci_load(struct ovm_pci *pci, struct ovm_rd *in, struct ovm_err *err);
+/* Flush every block device (before a snapshot or at stop). */
+int ovm_pci_flush(struct ovm_pci *pci, struct ovm_err *err);
+
+/* The split virtqueue, apart from the transport so it can be unit-tested
+ * with hostile descriptor tables. */
+struct ovm_vq {
+	uint16_t size;           /* queue size (power of two, <= 1024) */
+	bool ready;
+	uint64_t desc, avail, used; /* guest-physical addresses */
+	uint16_t last_avail;     /* next avail ring entry to consume */
+	uint16_t used_idx;       /* our used->idx shadow */
+	uint16_t msix_vector;
+};
+
+/* One buffer of a chain, resolved to host memory. */
+struct ovm_vq_seg {
+	uint8_t *host;
+	uint32_t len;
+	bool device_writes; /* VIRTQ_DESC_F_WRITE */
+};
+
+#define OVM_VQ_MAX_SEGS 256
+
+/* Pop the next available chain: returns 1 and fills segs/nsegs/head, 0
+ * when the ring is empty, -EINVAL (message says why) for a chain that
+ * loops, is longer than the queue, points outside RAM, or uses an indirect
+ * table that does. A bad chain's head is still returned in *head (when it
+ * was in range) so the caller can complete it with an error. */
+int ovm_vq_pop(struct ovm_vq *vq, const struct ovm_mem *mem, struct ovm_vq_seg *segs, int *nsegs,
+	       uint16_t *head, struct ovm_err *err);
+/* Put `head` on the used ring with `written` bytes. */
+int ovm_vq_push(struct ovm_vq *vq, const struct ovm_mem *mem, uint16_t head, uint32_t written,
+		struct ovm_err *err);
+
+#endif /* OVM_H */
