@@ -3,7 +3,7 @@ import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../cli/base-command.js'
 import {copy, referrersOf} from '../oci/copy.js'
 import {openRemote} from '../oci/remote/client.js'
-import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
+import {describeVerified, enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
 import {remoteSource} from '../sign/sign.js'
 import {type TransferResult, registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
 
@@ -32,7 +32,7 @@ export default class Pull extends BaseCommand {
     const src = openRemote(args.ref, registryOptions(flags))
     // The trust policy decides before a single blob enters the store.
     const policy = await enforcePolicy(remoteSource(src.repository, {checkBlobs: false}), args.ref, await loadPolicy(policyPath(store.root)))
-    if (policy.verified) this.note(`policy ${policy.rule}: signature by key ${policy.verified.verified[0]?.keyId.slice(0, 12)} verified`)
+    if (policy.verified) this.note(`policy ${policy.rule}: ${describeVerified(policy.verified)}`)
     await store.init()
     const t0 = performance.now()
     const ui = transferProgress(`pull ${args.ref}`, this.jsonEnabled(), (l) => this.note(l))

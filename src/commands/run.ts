@@ -7,7 +7,7 @@ import type {InstanceStatus} from '../contract/types.js'
 import {AbortError, ExitCode, isOvmError} from '../errors/index.js'
 import {defaultStoreRoot} from '../oci/layout.js'
 import {parseReference} from '../oci/reference.js'
-import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
+import {describeVerified, enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
 import {localSource} from '../sign/sign.js'
 
 /** Ctrl-] detaches from the console, as in telnet and virsh. */
@@ -59,7 +59,7 @@ export default class Run extends BaseCommand {
     }
     // The trust policy decides before anything is unpacked or booted.
     const policy = await enforcePolicy(localSource(store), args.ref, await loadPolicy(policyPath(storeRoot)))
-    if (policy.verified) this.note(`policy ${policy.rule}: signature by key ${policy.verified.verified[0]?.keyId.slice(0, 12)} verified`)
+    if (policy.verified) this.note(`policy ${policy.rule}: ${describeVerified(policy.verified)}`)
     const {client, started} = await connectDaemon({storeRoot, socketPath: socketFor(storeRoot, flags.socket), autoStart: true})
     if (started) this.note(`started an ovm daemon (log: ${storeRoot}/serve.log)`)
     const st = await client.start({

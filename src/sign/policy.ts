@@ -8,17 +8,23 @@ import {AbortError, ExitCode, fileError, isErrno} from '../errors/index.js'
 import type {ImageManifest} from '../oci/descriptor.js'
 import {parseReference, repositoryName} from '../oci/reference.js'
 import {loadPublicKey} from './keys.js'
+import {type KeylessIdentity, type KeylessTrust, checkRegExp, loadTrustedRoot} from './keyless.js'
 import {type SignatureSource, type VerifyResult, verifyArtifact} from './sign.js'
 
 export interface Requirement {
   require?: 'signature' | 'none'
   keys?: string[]
-  identities?: {issuer: string; subject: string}[]
+  /** Keyless identities: issuer or issuerRegExp, and subject or subjectRegExp. */
+  identities?: KeylessIdentity[]
+  /** trusted_root.json for `identities` (relative to the policy file). */
+  trustedRoot?: string
   requireSignedSnapshots?: boolean
 }
 
 export interface Policy {
   version: 1
+  /** trusted_root.json for every rule's `identities` unless the rule names its own. */
+  trustedRoot?: string
   default?: Requirement
   rules?: (Requirement & {match: string})[]
 }
@@ -47,7 +53,15 @@ export async function loadPolicy(path: string): Promise<LoadedPolicy | undefined
     const e = invalidManifestError(path, problems, 'trust policy')
     throw new AbortError({code: 'POLICY_INVALID', message: e.message, hint: 'Fix the policy file; schemas/policy.v1.json documents it.', exitCode: ExitCode.invalid, ref: path, details: e.details})
   }
-  return {path, policy: doc as Policy}
+  const policy = doc as Policy
+  const reqs: [string, Requirement][] = [...(policy.default ? [['/default', policy.default] as [string, Requirement]] : []), ...(policy.rules ?? []).map((r, i) => [`/rules/${i}`, r] as [string, Requirement])]
+  for (const [at, req] of reqs) {
+    ;(req.identities ?? []).forEach((id, j) => {
+      if (id.issuerRegExp !== undefined) checkRegExp(id.issuerRegExp, `${path}: ${at}/identities/${j}/issuerRegExp`)
+      if (id.subjectRegExp !== undefined) checkRegExp(id.subjectRegExp, `${path}: ${at}/identities/${j}/subjectRegExp`)
+    })
+  }
+  return {path, policy}
 }
 
 function globToRegExp(glob: string): RegExp {
@@ -96,17 +110,19 @@ export async function enforcePolicy(source: SignatureSource, reference: string, 
   }
   if (!required) return {reference, rule, required}
   const keys = await keysOf(requirement, loaded.path)
-  if (keys.length === 0) {
+  const identities = requirement.identities ?? []
+  if (keys.length === 0 && identities.length === 0) {
     throw new AbortError({
       code: 'POLICY_NO_KEYS',
-      message: `policy ${loaded.path} (${rule}) requires a signature for ${reference} but names no keys${requirement.identities?.length ? '; keyless identities need the Sigstore trusted root, which this ovm cannot verify offline' : ''}`,
-      hint: 'Add the signer\'s public key to the rule\'s "keys".',
+      message: `policy ${loaded.path} (${rule}) requires a signature for ${reference} but names no keys and no keyless identities`,
+      hint: 'Add the signer\'s public key to the rule\'s "keys", or its keyless identity to "identities".',
       exitCode: ExitCode.policy,
       ref: loaded.path,
     })
   }
+  const keyless = identities.length > 0 ? await keylessTrustFor(requirement, loaded) : undefined
   try {
-    return {reference, rule, required, verified: await verifyArtifact(source, reference, keys)}
+    return {reference, rule, required, verified: await verifyArtifact(source, reference, {keys, ...(keyless ? {keyless} : {})})}
   } catch (err) {
     if (err instanceof AbortError && err.exitCode === ExitCode.policy) {
       throw new AbortError({
@@ -120,4 +136,37 @@ export async function enforcePolicy(source: SignatureSource, reference: string, 
     }
     throw err
   }
+}
+
+/**
+ * The trusted root for a rule's keyless identities: the rule's `trustedRoot`,
+ * else the policy's, else trusted_root.json beside the policy file
+ * ($OVM_HOME/trusted_root.json). Paths are relative to the policy file.
+ */
+async function keylessTrustFor(req: Requirement, loaded: LoadedPolicy): Promise<KeylessTrust> {
+  const named = req.trustedRoot ?? loaded.policy.trustedRoot
+  const path = resolve(dirname(loaded.path), named ?? 'trusted_root.json')
+  try {
+    return {trustedRoot: await loadTrustedRoot(path), identities: req.identities ?? []}
+  } catch (err) {
+    if (named === undefined && err instanceof AbortError && err.exitCode === ExitCode.notFound) {
+      throw new AbortError({
+        code: 'NO_TRUSTED_ROOT',
+        message: `policy ${loaded.path} trusts keyless identities, but there is no Sigstore trusted root to check them against (no "trustedRoot" in the policy, and no ${path})`,
+        hint:
+          'ovm bundles no trusted root (it cannot fetch the public-good one through TUF offline). Set "trustedRoot" in the policy, or copy one to ' +
+          `${path}: for the public-good instance, cosign keeps it at ~/.sigstore/root/tuf-repo-cdn.sigstore.dev/targets/trusted_root.json after \`cosign initialize\`.`,
+        exitCode: ExitCode.policy,
+        ref: loaded.path,
+      })
+    }
+    throw err
+  }
+}
+
+/** One line on what satisfied the policy: the key, or the keyless identity. */
+export function describeVerified(v: VerifyResult): string {
+  const s = v.verified[0]
+  if (!s) return 'no signature verified'
+  return s.identity ? `keyless signature by ${s.identity.subject} (issuer ${s.identity.issuer}) verified` : `signature by key ${s.keyId.slice(0, 12)} verified`
 }

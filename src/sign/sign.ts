@@ -7,14 +7,23 @@ import {parseReference, repositoryName} from '../oci/reference.js'
 import {type RemoteRepository, collect} from '../oci/remote/client.js'
 import {listReferrers, localReferrers} from '../oci/remote/referrers.js'
 import type {Storage} from '../oci/storage.js'
-import {EMPTY_BYTES, EMPTY_DESCRIPTOR, SigstoreMediaType, type VerifiedSignature, createSignature, localSigner, verifySignature} from './signature.js'
+import {toSignedEntity} from '@sigstore/verify'
+
+import {type KeylessConfig, certificateIdentity, keylessError, keylessSigning, spkiId} from './keyless.js'
+import {EMPTY_BYTES, EMPTY_DESCRIPTOR, type SignatureArtifact, SigstoreMediaType, type Trust, type VerifiedSignature, createSignature, localSigner, verifySignature, verifySignatureWith} from './signature.js'
 
 export interface SignResult {
   reference: string
   subject: string
   signature: string
+  /** sha256 of the signing key's SPKI (keyless: the ephemeral key in the certificate). */
   keyId: string
+  /** Keyless only: the identity Fulcio certified, and where Rekor logged the signature. */
+  keyless?: {issuer: string; subject: string; certificateNotAfter: string; fulcioURL: string; rekorURL: string; logIndex: string; integratedTime: string}
 }
+
+/** How to sign: with a local key, or keyless through Fulcio and Rekor. */
+export type SigningMethod = {privateKey: KeyObject; publicKey: KeyObject} | {keyless: KeylessConfig}
 
 /**
  * Sign an artifact where it is (with `predicateType`/`predicate`, attach a
@@ -25,18 +34,47 @@ export interface SignResult {
 export async function signArtifact(
   target: {store: LayoutStore} | {repository: RemoteRepository; part: string},
   reference: string,
-  key: {privateKey: KeyObject; publicKey: KeyObject},
+  how: SigningMethod,
   opts: {created?: string; predicateType?: string; predicate?: unknown} = {},
 ): Promise<SignResult> {
   const dest: Storage = 'store' in target ? target.store : target.repository
   const subject = 'store' in target ? await target.store.resolve(reference) : await target.repository.resolve(target.part)
-  const sig = await createSignature(subject, subjectName(reference), localSigner(key.privateKey, key.publicKey), opts)
-  const keyIdHex = verifySignature(sig.manifestBytes, sig.bundleBytes, subject.digest, key.publicKey, 'new signature').keyId
+  let sig: SignatureArtifact
+  let keyIdHex: string
+  let keyless: SignResult['keyless']
+  if ('keyless' in how) {
+    const cfg = how.keyless
+    const {signer, witnesses} = keylessSigning(cfg)
+    try {
+      sig = await createSignature(subject, subjectName(reference), signer, {...opts, witnesses})
+    } catch (err) {
+      throw keylessError(err, cfg)
+    }
+    const who = certificateIdentity(sig.bundle)
+    const tlog = sig.bundle.verificationMaterial.tlogEntries[0]
+    // The signature must verify with the certificate's key, and Rekor must have logged it.
+    if (!who || !tlog || !toSignedEntity(sig.bundle).signature.verifySignature(who.publicKey)) {
+      throw new AbortError({code: 'KEYLESS_SIGN_FAILED', message: 'keyless signing produced a bundle whose signature or log entry is missing or does not verify', hint: 'Check --fulcio-url and --rekor-url.', exitCode: ExitCode.network})
+    }
+    keyIdHex = spkiId(who.publicKey)
+    keyless = {
+      issuer: who.issuer,
+      subject: who.subject,
+      certificateNotAfter: who.notAfter.toISOString(),
+      fulcioURL: cfg.fulcioURL,
+      rekorURL: cfg.rekorURL,
+      logIndex: tlog.logIndex,
+      integratedTime: new Date(Number(tlog.integratedTime) * 1000).toISOString(),
+    }
+  } else {
+    sig = await createSignature(subject, subjectName(reference), localSigner(how.privateKey, how.publicKey), opts)
+    keyIdHex = verifySignature(sig.manifestBytes, sig.bundleBytes, subject.digest, how.publicKey, 'new signature').keyId
+  }
   await dest.push(EMPTY_DESCRIPTOR, EMPTY_BYTES)
   await dest.push(sig.bundleDescriptor, sig.bundleBytes)
   await dest.push(sig.descriptor, sig.manifestBytes)
   if ('store' in target) await target.store.addUntagged(sig.descriptor)
-  return {reference, subject: subject.digest, signature: sig.descriptor.digest, keyId: keyIdHex}
+  return {reference, subject: subject.digest, signature: sig.descriptor.digest, keyId: keyIdHex, ...(keyless ? {keyless} : {})}
 }
 
 export function subjectName(reference: string): string {
@@ -117,7 +155,8 @@ export function remoteSource(repo: RemoteRepository, opts: {checkBlobs: boolean}
  * signature referrer verifies with one of `keys`. Throws a policy error
  * (exit 10) with every reason when none does.
  */
-export async function verifyArtifact(source: SignatureSource, reference: string, keys: KeyObject[]): Promise<VerifyResult> {
+export async function verifyArtifact(source: SignatureSource, reference: string, trustOrKeys: KeyObject[] | Trust): Promise<VerifyResult> {
+  const trust: Trust = Array.isArray(trustOrKeys) ? {keys: trustOrKeys} : trustOrKeys
   const desc = await source.resolve(reference)
   if (!isManifestMediaType(desc.mediaType)) {
     throw new AbortError({code: 'UNKNOWN_MEDIA_TYPE', message: `${reference} is a ${desc.mediaType}, not a manifest`, hint: 'Verify a single artifact.', exitCode: ExitCode.invalid, ref: reference})
@@ -138,31 +177,35 @@ export async function verifyArtifact(source: SignatureSource, reference: string,
       result.rejected.push({signature: s.digest, code: isOvmError(err) ? err.code : 'BAD_SIGNATURE', reason: (err as Error).message})
       continue
     }
-    let last: unknown
-    let ok: VerifiedSignature | undefined
-    for (const key of keys) {
-      try {
-        ok = verifySignature(manifestBytes, bundleBytes, desc.digest, key, s.digest)
-        break
-      } catch (err) {
-        last = err
-      }
+    try {
+      result.verified.push(verifySignatureWith(manifestBytes, bundleBytes, desc.digest, trust, s.digest))
+    } catch (err) {
+      result.rejected.push({signature: s.digest, code: isOvmError(err) ? err.code : 'SIGNATURE_INVALID', reason: (err as Error)?.message ?? String(err)})
     }
-    if (ok) result.verified.push(ok)
-    else result.rejected.push({signature: s.digest, code: isOvmError(last) ? last.code : 'SIGNATURE_INVALID', reason: (last as Error)?.message ?? 'no key'})
   }
   if (result.verified.length === 0) {
     const none = sigs.length === 0
     throw new AbortError({
-      code: none ? 'NO_SIGNATURE' : 'SIGNATURE_INVALID',
+      code: none ? 'NO_SIGNATURE' : result.rejected.length === 1 ? (result.rejected[0]?.code ?? 'SIGNATURE_INVALID') : 'SIGNATURE_INVALID',
       message: none
         ? `${reference} (${desc.digest}) has no signature`
-        : `no signature of ${reference} (${desc.digest}) verifies with the given key${keys.length === 1 ? '' : 's'}`,
-      hint: none ? 'Sign it with `ovm sign REF --key KEY`, or check that you name the artifact that was signed.' : 'Check that --key is the public half of the key that signed it.',
+        : `no signature of ${reference} (${desc.digest}) verifies with ${trustedWhat(trust)}: ${result.rejected.map((r) => r.reason).join('; ')}`,
+      hint: none
+        ? 'Sign it with `ovm sign REF --key KEY` (or keyless), or check that you name the artifact that was signed.'
+        : trust.keyless && trust.keys.length === 0
+          ? 'Check the trusted identities and the trusted root against who signed it (`ovm discover REF` lists the signatures).'
+          : 'Check that --key is the public half of the key that signed it, or that the identity is the one that signed it.',
       exitCode: ExitCode.policy,
       ref: reference,
       details: result.rejected.map((r) => ({at: r.signature, message: r.reason})),
     })
   }
   return result
+}
+
+function trustedWhat(trust: Trust): string {
+  const parts: string[] = []
+  if (trust.keys.length > 0) parts.push(trust.keys.length === 1 ? 'the given key' : `any of the ${trust.keys.length} given keys`)
+  if (trust.keyless) parts.push(trust.keyless.identities.length === 1 ? 'the trusted identity' : `any of the ${trust.keyless.identities.length} trusted identities`)
+  return parts.join(' or ') || 'nothing trusted'
 }

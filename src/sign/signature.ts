@@ -1,13 +1,14 @@
 import {sign as cryptoSign, type KeyObject} from 'node:crypto'
 
 import {type Bundle, bundleFromJSON, bundleToJSON, isBundleWithDsseEnvelope} from '@sigstore/bundle'
-import {DSSEBundleBuilder, type Signer} from '@sigstore/sign'
+import {DSSEBundleBuilder, type Signer, type Witness} from '@sigstore/sign'
 import {Verifier, toSignedEntity, toTrustMaterial} from '@sigstore/verify'
 
 import {AbortError, ExitCode} from '../errors/index.js'
 import {Annotation, type Descriptor, type ImageManifest, MediaType, manifestDescriptor} from '../oci/descriptor.js'
 import {sha256} from '../oci/digest.js'
 import {keyId} from './keys.js'
+import {type KeylessSigner, type KeylessTrust, certificateIdentity, spkiId, verifyKeylessBundle} from './keyless.js'
 
 /** The layout cosign 3 uses for a signature stored as an OCI 1.1 referrer. */
 export const SigstoreMediaType = {
@@ -59,7 +60,7 @@ export async function createSignature(
   subject: Descriptor,
   subjectName: string,
   signer: Signer,
-  opts: {predicateType?: string; predicate?: unknown; created?: string} = {},
+  opts: {predicateType?: string; predicate?: unknown; created?: string; witnesses?: Witness[]} = {},
 ): Promise<SignatureArtifact> {
   const statement: InTotoStatement = {
     _type: IN_TOTO_STATEMENT,
@@ -67,7 +68,7 @@ export async function createSignature(
     predicateType: opts.predicateType ?? COSIGN_SIGN_PREDICATE,
     predicate: opts.predicate ?? {},
   }
-  const builder = new DSSEBundleBuilder({signer, witnesses: []})
+  const builder = new DSSEBundleBuilder({signer, witnesses: opts.witnesses ?? []})
   const bundle = await builder.create({data: Buffer.from(JSON.stringify(statement)), type: SigstoreMediaType.inToto})
   const bundleBytes = Buffer.from(JSON.stringify(bundleToJSON(bundle)))
   const bundleDescriptor: Descriptor = {mediaType: SigstoreMediaType.bundle, digest: sha256(bundleBytes), size: bundleBytes.length}
@@ -97,9 +98,18 @@ export async function createSignature(
 
 export interface VerifiedSignature {
   signature: string
+  /** sha256 of the signing key's SPKI (for keyless: the certificate's ephemeral key). */
   keyId: string
   predicateType: string
   statement: InTotoStatement
+  /** Set for keyless signatures: who the certificate names, and when the log recorded it. */
+  identity?: KeylessSigner
+}
+
+/** What a signature may verify with: public keys, and/or keyless identities under a trusted root. */
+export interface Trust {
+  keys: KeyObject[]
+  keyless?: KeylessTrust
 }
 
 function refused(code: string, message: string, hint: string, ref?: string): AbortError {
@@ -112,6 +122,81 @@ function refused(code: string, message: string, hint: string, ref?: string): Abo
  * `subjectDigest`. Throws a policy error naming what failed.
  */
 export function verifySignature(manifestBytes: Buffer, bundleBytes: Buffer, subjectDigest: string, publicKey: KeyObject, label: string): VerifiedSignature {
+  return verifySignatureWith(manifestBytes, bundleBytes, subjectDigest, {keys: [publicKey]}, label)
+}
+
+/**
+ * Check one signature referrer against what `trust` trusts: a bundle signed
+ * with a key must verify with one of `trust.keys`; a bundle with a Fulcio
+ * certificate must verify under `trust.keyless` (trusted root + identities).
+ * Throws a policy error (exit 10) naming what failed.
+ */
+export function verifySignatureWith(manifestBytes: Buffer, bundleBytes: Buffer, subjectDigest: string, trust: Trust, label: string): VerifiedSignature {
+  const bundle = parseSignatureBundle(manifestBytes, bundleBytes, subjectDigest, label)
+  const material = bundle.verificationMaterial.content
+  let keyIdHex: string
+  let identity: KeylessSigner | undefined
+  if (material.$case === 'publicKey') {
+    if (trust.keys.length === 0) {
+      throw refused(
+        'KEY_NOT_TRUSTED',
+        `${label}: signed with key ${material.publicKey.hint.slice(0, 12) || '(no hint)'}, but only keyless identities are trusted here`,
+        'Verify with --key (or list the key in the policy\'s "keys").',
+        label,
+      )
+    }
+    let last: unknown
+    keyIdHex = ''
+    for (const key of trust.keys) {
+      try {
+        keyIdHex = verifyWithKey(bundle, key, label)
+        last = undefined
+        break
+      } catch (err) {
+        last = err
+      }
+    }
+    if (last) throw last
+  } else {
+    const who = certificateIdentity(bundle)
+    if (!trust.keyless) {
+      throw refused(
+        'KEYLESS_NOT_TRUSTED',
+        `${label}: signed keyless by ${who?.subject ?? '?'} (issuer ${who?.issuer ?? '?'}), but only keys are trusted here`,
+        'Verify with --certificate-identity and --certificate-oidc-issuer (or list the identity in the policy\'s "identities").',
+        label,
+      )
+    }
+    try {
+      identity = verifyKeylessBundle(bundle, trust.keyless)
+    } catch (err) {
+      const code = (err as {code?: string}).code ?? 'SIGNATURE_INVALID'
+      throw refused(code, `${label}: ${(err as Error).message}`, keylessHint(code, trust.keyless.trustedRoot.path), label)
+    }
+    keyIdHex = who ? spkiId(who.publicKey) : ''
+  }
+  const statement = checkStatement(bundle, subjectDigest, label)
+  return {signature: label, keyId: keyIdHex, predicateType: statement.predicateType, statement, ...(identity ? {identity} : {})}
+}
+
+function keylessHint(code: string, rootPath: string): string {
+  switch (code) {
+    case 'WRONG_IDENTITY':
+    case 'WRONG_ISSUER':
+      return 'Check --certificate-identity / --certificate-oidc-issuer (or the policy\'s "identities") against who signed it.'
+    case 'CERTIFICATE_UNTRUSTED':
+      return `The certificate is not from a CA in ${rootPath}; check that the trusted root belongs to the Fulcio that signed it.`
+    case 'CERTIFICATE_EXPIRED':
+    case 'NO_TLOG_TIMESTAMP':
+    case 'NO_TLOG_ENTRY':
+    case 'TLOG_INVALID':
+      return `A keyless signature needs a transparency-log entry from a log in ${rootPath}, recorded while its short-lived certificate was valid; re-sign it.`
+    default:
+      return 'The artifact or its signature was altered; re-sign it.'
+  }
+}
+
+function parseSignatureBundle(manifestBytes: Buffer, bundleBytes: Buffer, subjectDigest: string, label: string): Bundle & {content: {$case: 'dsseEnvelope'}} {
   const manifest = JSON.parse(manifestBytes.toString('utf8')) as ImageManifest
   if (manifest.artifactType !== SigstoreMediaType.bundle || manifest.layers.length !== 1 || manifest.layers[0]?.mediaType !== SigstoreMediaType.bundle) {
     throw refused('BAD_SIGNATURE', `${label}: not a sigstore bundle referrer`, 'Re-sign the artifact with `ovm sign`.', label)
@@ -128,6 +213,11 @@ export function verifySignature(manifestBytes: Buffer, bundleBytes: Buffer, subj
   if (!isBundleWithDsseEnvelope(bundle)) {
     throw refused('BAD_SIGNATURE', `${label}: the bundle holds no DSSE envelope`, 'ovm signs in-toto statements in DSSE envelopes; re-sign with `ovm sign`.', label)
   }
+  return bundle as Bundle & {content: {$case: 'dsseEnvelope'}}
+}
+
+/** Verify a key-signed bundle offline with @sigstore/verify; returns the key's id. */
+function verifyWithKey(bundle: Bundle, publicKey: KeyObject, label: string): string {
   const hint = keyId(publicKey)
   const trust = toTrustMaterial(
     {
@@ -152,8 +242,18 @@ export function verifySignature(manifestBytes: Buffer, bundleBytes: Buffer, subj
       label,
     )
   }
+  return hint
+}
+
+function checkStatement(bundle: Bundle & {content: {$case: 'dsseEnvelope'}}, subjectDigest: string, label: string): InTotoStatement {
+  if (!isBundleWithDsseEnvelope(bundle)) throw refused('BAD_SIGNATURE', `${label}: the bundle holds no DSSE envelope`, 'Re-sign the artifact with `ovm sign`.', label)
   const env = bundle.content.dsseEnvelope
-  const statement = JSON.parse(Buffer.from(env.payload).toString('utf8')) as InTotoStatement
+  let statement: InTotoStatement
+  try {
+    statement = JSON.parse(Buffer.from(env.payload).toString('utf8')) as InTotoStatement
+  } catch {
+    throw refused('BAD_SIGNATURE', `${label}: the envelope's payload is not JSON`, 'Re-sign the artifact with `ovm sign`.', label)
+  }
   if (env.payloadType !== SigstoreMediaType.inToto || statement._type !== IN_TOTO_STATEMENT) {
     throw refused('BAD_SIGNATURE', `${label}: the envelope does not hold an in-toto statement`, 'Re-sign the artifact with `ovm sign`.', label)
   }
@@ -161,6 +261,5 @@ export function verifySignature(manifestBytes: Buffer, bundleBytes: Buffer, subj
   if (!statement.subject?.some((s) => s.digest?.sha256 === want)) {
     throw refused('SIGNATURE_SUBJECT_MISMATCH', `${label}: the signed statement is about another artifact, not ${subjectDigest}`, 'Sign this artifact with `ovm sign`.', label)
   }
-  return {signature: label, keyId: hint, predicateType: statement.predicateType, statement}
+  return statement
 }
-
