@@ -122,8 +122,13 @@ export function keylessError(err: unknown, cfg: KeylessConfig): AbortError {
         ExitCode.auth,
       )
     case 'IDENTITY_TOKEN_PARSE_ERROR':
-      // sigstore-js puts the whole token in its message: never print it.
-      return mk('OIDC_TOKEN_INVALID', `the OIDC token is not a usable JWT (${causeMsg || 'no subject or email claim'})`, 'Pass an OIDC ID token (three base64url parts) with a "sub" or verified "email" claim.', ExitCode.auth)
+      // sigstore-js puts the whole token in its message: never print it (nor attach it as the cause).
+      return new AbortError({
+        code: 'OIDC_TOKEN_INVALID',
+        message: `the OIDC token is not a usable JWT: ${cause instanceof SyntaxError || /JSON/.test(causeMsg) ? 'its payload is not base64url-encoded JSON' : causeMsg || 'it has no subject or email claim'}`,
+        hint: 'Pass an OIDC ID token (three base64url parts) with a "sub" or verified "email" claim.',
+        exitCode: ExitCode.auth,
+      })
     case 'CA_CREATE_SIGNING_CERTIFICATE_ERROR':
     case 'TLOG_CREATE_ENTRY_ERROR':
     case 'TLOG_FETCH_ENTRY_ERROR': {

@@ -50,6 +50,13 @@ export async function loadPolicy(path: string): Promise<LoadedPolicy | undefined
   const doc = parseJsonText(text, path)
   const problems = validateAgainst('policy.v1', doc)
   if (problems.length > 0) {
+    for (const pr of problems) {
+      // The schema's `not` (exact and regexp forms together) says only "must NOT be valid".
+      if (pr.keyword === 'not' && /\/identities\/\d+$/.test(pr.pointer)) {
+        pr.message = 'names both the exact and the regexp form of a field'
+        pr.hint = 'Give issuer or issuerRegExp, and subject or subjectRegExp: one of each pair.'
+      }
+    }
     const e = invalidManifestError(path, problems, 'trust policy')
     throw new AbortError({code: 'POLICY_INVALID', message: e.message, hint: 'Fix the policy file; schemas/policy.v1.json documents it.', exitCode: ExitCode.invalid, ref: path, details: e.details})
   }

@@ -224,8 +224,8 @@ export class TestCA {
         t = tbs({...fixed, extensions: [...exts, ext(OID.sct, false, der.octet(Buffer.concat([u16(list.length), list])))]})
       }
       const cert = signCert(t, this.intermediateKey.privateKey)
-      const parsed = X509Certificate.parse(cert)
-      if (parsed.root.toDER().equals(cert) && parsed.verify(X509Certificate.parse(this.intermediate))) return cert
+      const parsed = X509Certificate.parse(cert as Buffer<ArrayBuffer>)
+      if (parsed.root.toDER().equals(cert) && parsed.verify(X509Certificate.parse(this.intermediate as Buffer<ArrayBuffer>))) return cert
     }
     throw new Error('could not mint a certificate that round-trips')
   }
