@@ -5,7 +5,8 @@
  * inside `ovm sign`) and the verifier (@sigstore/verify, against a
  * trusted_root.json made from the fakes' CA and log keys) are the real code.
  */
-import {existsSync, writeFileSync} from 'node:fs'
+import {execFileSync} from 'node:child_process'
+import {existsSync, mkdirSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {bundleFromJSON, isBundleWithDsseEnvelope} from '@sigstore/bundle'
@@ -19,7 +20,16 @@ import {enforcePolicy, loadPolicy} from '../../src/sign/policy.js'
 import {localSource} from '../../src/sign/sign.js'
 import {type Trust, verifySignatureWith} from '../../src/sign/signature.js'
 import {hashAllBlobs, ovm, packArgs, rejects, tempDir} from '../helpers/cli.js'
-import {type FakeSigstore, TestOidc, fakeActionsTokenEndpoint, startFakeSigstore} from './fake-sigstore.js'
+import {type FakeSigstore, TestCA, TestOidc, fakeActionsTokenEndpoint, startFakeSigstore, toPem} from './fake-sigstore.js'
+
+function opensslAvailable(): boolean {
+  try {
+    execFileSync('openssl', ['version'], {stdio: 'ignore'})
+    return true
+  } catch {
+    return false
+  }
+}
 
 const GHA_ISSUER = 'https://token.actions.githubusercontent.com'
 const WORKFLOW = 'acme/vms/.github/workflows/release.yml@refs/heads/main'
@@ -127,6 +137,28 @@ describe('ovm sign without --key (keyless through Fulcio and Rekor)', () => {
     const statement = JSON.parse(bundle.content.dsseEnvelope.payload.toString())
     expect(statement.subject[0].digest.sha256).toBe(signed.subject.slice('sha256:'.length))
     expect(statement.predicateType).toBe('https://sigstore.dev/cosign/sign/v1')
+  })
+
+  it.skipIf(!opensslAvailable())('the certificate is real X.509: openssl verifies its chain to the test CA and reads its identity', async () => {
+    const {bundleJson} = await storedSignature(signed.signature)
+    const dir = join(tmp.path, 'openssl')
+    mkdirSync(dir, {recursive: true})
+    const leaf = Buffer.from(bundleJson.verificationMaterial.certificate.rawBytes, 'base64')
+    writeFileSync(join(dir, 'leaf.pem'), toPem(leaf))
+    writeFileSync(join(dir, 'root.pem'), toPem(sig.ca.root))
+    writeFileSync(join(dir, 'intermediate.pem'), toPem(sig.ca.intermediate))
+    const at = String(Math.floor(Date.now() / 1000))
+    const v = execFileSync('openssl', ['verify', '-attime', at, '-purpose', 'any', '-CAfile', join(dir, 'root.pem'), '-untrusted', join(dir, 'intermediate.pem'), join(dir, 'leaf.pem')], {encoding: 'utf8'})
+    expect(v.trim()).toBe(`${join(dir, 'leaf.pem')}: OK`)
+    const text = execFileSync('openssl', ['x509', '-in', join(dir, 'leaf.pem'), '-noout', '-text'], {encoding: 'utf8'})
+    expect(text).toContain(`URI:${IDENTITY}`)
+    expect(text).toContain('Code Signing')
+    expect(text).toContain('CT Precertificate SCTs')
+    expect(text).toContain('1.3.6.1.4.1.57264.1.8')
+    // A different CA does not verify it.
+    const other = new TestCA('someone else')
+    writeFileSync(join(dir, 'other.pem'), toPem(other.root))
+    expect(() => execFileSync('openssl', ['verify', '-CAfile', join(dir, 'other.pem'), '-untrusted', join(dir, 'intermediate.pem'), join(dir, 'leaf.pem')], {stdio: 'pipe'})).toThrow()
   })
 
   it('without a key and without an OIDC token says what keyless signing needs (exit 2)', async () => {
