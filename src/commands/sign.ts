@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {AbortError, ExitCode} from '../errors/index.js'
 import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
 import {DEFAULT_FULCIO_URL, DEFAULT_REKOR_URL, keylessConfig} from '../sign/keyless.js'
 import {openRemote} from '../oci/remote/client.js'
@@ -29,13 +30,21 @@ export default class Sign extends BaseCommand {
 
   static flags = {
     key: Flags.string({description: 'Private key (from `ovm key generate`). Without it, sign keyless.'}),
-    'fulcio-url': Flags.string({description: `Fulcio for keyless signing (env SIGSTORE_FULCIO_URL; default ${DEFAULT_FULCIO_URL}).`, exclusive: ['key']}),
-    'rekor-url': Flags.string({description: `Rekor for keyless signing (env SIGSTORE_REKOR_URL; default ${DEFAULT_REKOR_URL}).`, exclusive: ['key']}),
+    'fulcio-url': Flags.string({description: `Fulcio for keyless signing (env SIGSTORE_FULCIO_URL; default ${DEFAULT_FULCIO_URL}).`}),
+    'rekor-url': Flags.string({description: `Rekor for keyless signing (env SIGSTORE_REKOR_URL; default ${DEFAULT_REKOR_URL}).`}),
     ...registryFlags,
   }
 
   async run(): Promise<SignResult> {
     const {args, flags} = await this.parse(Sign)
+    if (flags.key && (flags['fulcio-url'] || flags['rekor-url'])) {
+      throw new AbortError({
+        code: 'USAGE',
+        message: '--fulcio-url and --rekor-url are for keyless signing; with --key nothing goes to Fulcio or Rekor',
+        hint: 'Drop --key to sign keyless, or drop --fulcio-url/--rekor-url.',
+        exitCode: ExitCode.usage,
+      })
+    }
     const how: SigningMethod = flags.key
       ? await loadPrivateKey(flags.key, passphraseFromEnv())
       : {keyless: keylessConfig({fulcioUrl: flags['fulcio-url'], rekorUrl: flags['rekor-url']})}

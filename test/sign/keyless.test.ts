@@ -167,6 +167,9 @@ describe('ovm sign without --key (keyless through Fulcio and Rekor)', () => {
     expect(r.stderr).toContain('SIGSTORE_ID_TOKEN')
     expect(r.stderr).toContain('ACTIONS_ID_TOKEN_REQUEST_URL')
     expect(r.stderr).toContain('--key')
+    const both = await ovm(['sign', 'example/keyless:1.0', '--key', join(tmp.path, 'none.key'), '--fulcio-url', sig.fulcio.url], {home, env: noAmbientToken})
+    expect(both.code).toBe(2)
+    expect(both.stderr).toContain('for keyless signing')
   })
 
   it('offline (Fulcio unreachable) fails with exit 8 naming Fulcio, and stores nothing', async () => {
