@@ -105,7 +105,7 @@ export function validateAgainst(name: SchemaName, doc: unknown): ValidationProbl
   const out: ValidationProblem[] = []
   for (const e of fn.errors ?? []) {
     // "if"/"anyOf"/"not" wrappers repeat what their branches say.
-    if (e.keyword === 'if' || e.keyword === 'anyOf' || e.keyword === 'oneOf') continue
+    if (e.keyword === 'if' || e.keyword === 'anyOf' || (e.keyword === 'oneOf' && (fn.errors?.length ?? 0) > 1)) continue
     const d = describe(e)
     const key = `${d.pointer}|${d.message}`
     if (seen.has(key)) continue
