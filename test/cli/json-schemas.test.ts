@@ -419,6 +419,29 @@ describe.skipIf(vmSkipReason())('daemon commands with a TCG guest: serve, run, p
     const doc = ok<{socket: string}>('serve', {code: 0, signal: null, stdout: serveOut, stderr: ''})
     expect(doc.socket).toBe(socket)
   }, 300_000)
+
+  it('build with SNAPSHOT (no steps: no builder VM, one boot to bake) has plan.snapshot and snapshot', async () => {
+    const kv = readFileSync(join(FIXTURES, 'kernel-version'), 'utf8').trim()
+    const ctx = join(tmp.path, 'bake')
+    mkdirSync(ctx, {recursive: true})
+    writeFileSync(
+      join(ctx, 'Ovmfile'),
+      [
+        `FROM disk:${join(FIXTURES, 'disk.qcow2')}`,
+        `KERNEL ${join(FIXTURES, 'kernel-root', 'boot', `vmlinuz-${kv}`)} MODULES ${join(FIXTURES, 'kernel-root', 'lib', 'modules', kv)}`,
+        'CMDLINE "console=ttyS0 panic=-1"',
+        'SNAPSHOT WHEN "Run /init as init process" TIMEOUT 60s',
+        '',
+      ].join('\n'),
+    )
+    const b = ok<{plan: {snapshot: {when: {kind: string}}}; result: {digest: string}; snapshot: {digest: string; subject: string}}>(
+      'build',
+      await ovm(['build', ctx, '-t', 'test/bake:1', '--json'], {home}),
+    )
+    expect(b.plan.snapshot.when.kind).toBe('console')
+    expect(b.snapshot.digest).toBe(b.result.digest)
+    expect(b.snapshot.subject).not.toBe(b.snapshot.digest)
+  }, 300_000)
 })
 
 describe('coverage', () => {
