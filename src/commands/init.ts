@@ -35,6 +35,8 @@ export default class Init extends BaseCommand {
     const r = await initTemplate(name, args.dir, {force: flags.force})
     if (!this.jsonEnabled()) {
       this.log(`wrote ${r.files.join(', ')} to ${r.dir}`)
+      // A template that makes its own base disk (debian: debootstrap) needs that first.
+      if (r.files.includes('make-rootfs.sh')) this.log(`first: cd ${r.dir} && sudo ./make-rootfs.sh rootfs.qcow2`)
       this.log(`next: ovm build --build-arg KERNEL_ROOT=/path/to/linux-image -t my/${name}:1 ${r.dir}`)
     }
     return r

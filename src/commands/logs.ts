@@ -24,6 +24,17 @@ export default class Logs extends BaseCommand {
     socket: Flags.string({description: 'Daemon socket (default: $OVM_SOCKET, else <store>/ovm.sock).', env: 'OVM_SOCKET'}),
   }
 
+  /**
+   * --json is this command's own flag (NDJSON records, not one object), so
+   * oclif's --json handling is off; but an error under --json must still come
+   * as the JSON error object every command prints (schemas/cli/error.json).
+   */
+  override jsonEnabled(): boolean {
+    const json = this.argv.indexOf('--json')
+    const rest = this.argv.indexOf('--')
+    return json !== -1 && (rest === -1 || json < rest)
+  }
+
   async run(): Promise<void> {
     const {args, flags} = await this.parse(Logs)
     const storeRoot = flags.store ?? defaultStoreRoot()

@@ -21,6 +21,6 @@ export default class Prune extends BaseCommand {
       for (const r of report.removed) this.log(`${verb} ${r.digest} (${humanBytes(r.size)})`)
       this.log(`${verb} ${report.removed.length} blobs (${humanBytes(report.bytes)}), ${report.ingestRemoved} stale ingest files and ${report.cacheRemoved} unpacked cache entries; kept ${report.kept}`)
     }
-    return {...report, dryRun: flags['dry-run']}
+    return {...report, dryRun: flags['dry-run'] === true}
   }
 }
