@@ -6,23 +6,17 @@
  * snapshot, stop and serve.
  */
 import {type ChildProcess, spawn} from 'node:child_process'
-import {existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
-import {Ajv2020, type ValidateFunction} from 'ajv/dist/2020.js'
-import addFormatsModule from 'ajv-formats'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {ExitCode} from '../../src/errors/index.js'
 import {heartbeatInitramfs, holdVmLock, KERNEL, lastHeartbeat, until, vmSkipReason} from '../engine/helpers.js'
 import {BIN, FIXTURES, ROOT, type RunResult, ovm, packArgs, tempDir} from '../helpers/cli.js'
+import {ID_BASE, cliFiles, cliSchemas, problems, validator} from '../helpers/cli-schemas.js'
 import {type TestRegistry, registryAvailable, startRegistry} from '../helpers/registry.js'
 
-const addFormats = ((addFormatsModule as unknown as {default?: unknown}).default ?? addFormatsModule) as (ajv: Ajv2020) => Ajv2020
-
-const SCHEMAS = join(ROOT, 'schemas')
-const CLI_SCHEMAS = join(SCHEMAS, 'cli')
-const ID_BASE = 'https://ovm.dev/schemas/cli/'
 /** Schemas in schemas/cli/ that are not one command's output. */
 const SHARED = new Set(['defs.json', 'error.json'])
 /** Commands without --json, and why. A command missing here and in schemas/cli/ fails the test. */
@@ -48,35 +42,8 @@ const COMMANDS = manifestCommands()
   .map((c) => c.id)
   .sort()
 
-// One Ajv for everything: the CLI schemas, the OVMS manifest schema, and the
-// contract document (OpenAPI 3.1, whose schemas are 2020-12) under its URL.
-// Strict, except two standard idioms: `required` naming a property declared
-// in the parent (oneOf branches), and keywords without a `type` beside them.
-const ajv = new Ajv2020({allErrors: true, strict: true, strictRequired: false, strictTypes: false})
-addFormats(ajv)
-ajv.addVocabulary(['openapi', 'info', 'servers', 'paths', 'components', 'tags', 'webhooks', 'security', 'externalDocs'])
-ajv.addSchema(JSON.parse(readFileSync(join(SCHEMAS, 'contract.openapi.json'), 'utf8')), 'https://ovm.dev/schemas/contract.openapi.json')
-ajv.addSchema(JSON.parse(readFileSync(join(SCHEMAS, 'manifest.v1.json'), 'utf8')))
-const cliFiles = readdirSync(CLI_SCHEMAS).filter((f) => f.endsWith('.json')).sort()
-const cliSchemas = new Map<string, Record<string, unknown>>()
-for (const f of cliFiles) {
-  const s = JSON.parse(readFileSync(join(CLI_SCHEMAS, f), 'utf8')) as Record<string, unknown>
-  cliSchemas.set(f, s)
-  ajv.addSchema(s)
-}
-
-function validator(file: string): ValidateFunction {
-  const fn = ajv.getSchema(`${ID_BASE}${file}`)
-  if (!fn) throw new Error(`no schema ${ID_BASE}${file}`)
-  return fn
-}
-
 /** How many outputs of each command validated: every command must reach one. */
 const validated = new Map<string, number>()
-
-function problems(fn: ValidateFunction): string {
-  return (fn.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message} ${JSON.stringify(e.params)}`).join('\n')
-}
 
 /** A successful --json run of `id`: exit 0 (or `exit`), one JSON document on stdout, valid against the command's schema. */
 function ok<T = Record<string, unknown>>(id: string, r: RunResult, exit = 0): T {

@@ -20,6 +20,7 @@ import {enforcePolicy, loadPolicy} from '../../src/sign/policy.js'
 import {localSource} from '../../src/sign/sign.js'
 import {type Trust, verifySignatureWith} from '../../src/sign/signature.js'
 import {hashAllBlobs, ovm, packArgs, rejects, tempDir} from '../helpers/cli.js'
+import {problems, validator} from '../helpers/cli-schemas.js'
 import {type FakeSigstore, TestCA, TestOidc, fakeActionsTokenEndpoint, startFakeSigstore, toPem} from './fake-sigstore.js'
 
 function opensslAvailable(): boolean {
@@ -93,6 +94,8 @@ beforeAll(async () => {
   })
   expect(r.code, r.stderr).toBe(0)
   signed = JSON.parse(r.stdout)
+  const fn = validator('sign.json')
+  expect(fn(signed), `ovm sign --json (keyless) does not match schemas/cli/sign.json:\n${problems(fn)}`).toBe(true)
 }, 120_000)
 afterAll(async () => {
   await sig?.close()
@@ -235,6 +238,8 @@ describe('ovm verify with keyless identities', () => {
     const v = await ovm([...verifyArgs('example/keyless:1.0'), '--json'], {home})
     expect(v.code, v.stderr).toBe(0)
     const out = JSON.parse(v.stdout)
+    const fn = validator('verify.json')
+    expect(fn(out), `ovm verify --json (keyless) does not match schemas/cli/verify.json:\n${problems(fn)}`).toBe(true)
     expect(out.verified).toHaveLength(1)
     expect(out.verified[0].identity).toMatchObject({subject: IDENTITY, issuer: GHA_ISSUER, logIndex: '0'})
     expect(out.blobsChecked).toBe(5)
