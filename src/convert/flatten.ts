@@ -283,6 +283,7 @@ export async function flattenLayers(root: string, layers: FlattenLayer[], opts: 
           break
         case 'link': {
           body.resume()
+          if (h.linkname.startsWith('/') || h.linkname.split('/').includes('..')) throw refused(layer, h.name, `is a hard link to ${JSON.stringify(h.linkname)}, which leaves the root`)
           const tparts = entryComponents(layer, h.linkname)
           if (tparts.length === 0) throw refused(layer, h.name, `is a hard link to the root folder`)
           const treal = await resolveParent(root, tparts, layer, h.name)
