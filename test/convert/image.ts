@@ -16,7 +16,7 @@ export type Entry = Partial<Header> & {name: string; data?: Buffer | string}
 export async function tarOf(entries: Entry[]): Promise<Buffer> {
   const p = pack()
   const chunks: Buffer[] = []
-  p.on('data', (c: Buffer) => chunks.push(c))
+  p.on('data', (c: unknown) => chunks.push(c as Buffer))
   const ended = new Promise<void>((resolve, reject) => {
     p.on('end', () => resolve())
     p.on('error', reject)
