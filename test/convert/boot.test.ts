@@ -3,7 +3,7 @@
  * layout, and the same image pushed to Debian's docker-registry with skopeo
  * and converted from there; each artifact booted once with OVMS-Init.
  */
-import {execFile} from 'node:child_process'
+import {execFile, execFileSync} from 'node:child_process'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 
@@ -15,12 +15,22 @@ import {type TestRegistry, registryAvailable, startRegistry} from '../helpers/re
 import {writeTestImage} from './image.js'
 
 const run = promisify(execFile)
+const hasMksquashfs = (): boolean => {
+  try {
+    execFileSync('mksquashfs', ['-version'], {stdio: 'ignore'})
+    return true
+  } catch {
+    return false
+  }
+}
 const skip = vmSkipReason()
 
 /** The lines the test image's entrypoint prints, as OVMS-Init runs it. */
-function expectWorkload(stdout: string, args: string): void {
-  expect(stdout).toContain(`greeting=hello from oci cwd=/srv/app args=${args} user=1000:1000 host=convert-test`)
-  expect(stdout).toContain('owned 1000:1000 640')
+function expectWorkload(stdout: string, args: string, user = '1000:1000 home=/home/app', host = 'convert-test'): void {
+  expect(stdout).toContain(`greeting=hello from oci cwd=/srv/app args=${args} user=${user} host=${host}`)
+  // /home/app is 0750 app:app: another uid is refused, which shows the privileges really were dropped
+  if (user.startsWith('1000:1000')) expect(stdout).toContain('owned 1000:1000 640')
+  else expect(stdout).toContain("stat: can't stat '/home/app/owned.txt': Permission denied")
   expect(stdout).toContain('suid 0:0 4755')
   expect(stdout).toContain('links 2')
   expect(stdout).toContain('opt: c ')
@@ -70,6 +80,16 @@ describe.skipIf(skip)('ovm convert: a container image booted with OVMS-Init', ()
     expect(res.source).toBe(`${registry.host}/convert/test:v1`)
     const boot = await ovm(['run', 'test/convert-test:2', '--', 'over', 'an arg', ''], {home})
     expectWorkload(boot.stdout, '3:over|an arg')
+    expect(boot.code, boot.stderr).toBe(7)
+  })
+
+  it.skipIf(!hasMksquashfs())('squashfs root under a tmpfs overlay; a uid:gid the image has no passwd entry for', async () => {
+    const img = join(tmp.path, 'image-uid')
+    await writeTestImage(img, '/bin/busybox', '4242:4343')
+    const c = await ovm(['convert', `oci:${img}:v1`, '--fs', 'squashfs', '-t', 'test/sq:1', '--kernel', 'test/kernel:6.1'], {home})
+    expect(c.code, c.stderr).toBe(0)
+    const boot = await ovm(['run', 'test/sq:1'], {home})
+    expectWorkload(boot.stdout, '2:first|two words', '4242:4343 home=/', 'sq')
     expect(boot.code, boot.stderr).toBe(7)
   })
 })

@@ -90,7 +90,7 @@ const APPLETS = ['sh', 'id', 'stat', 'hostname', 'ls', 'tr', 'cat', 'pwd', 'getf
 
 /** What the entrypoint prints; the tests look for these lines on the console. */
 export const ENTRY_SCRIPT = [
-  'echo "greeting=$GREETING cwd=$(pwd) args=$#:$1|$2 user=$(id -u):$(id -g) host=$(hostname)"',
+  'echo "greeting=$GREETING cwd=$(pwd) args=$#:$1|$2 user=$(id -u):$(id -g) home=$HOME host=$(hostname)"',
   "stat -c 'owned %u:%g %a' /home/app/owned.txt",
   "stat -c 'suid %u:%g %a' /usr/bin/setuidprog",
   "stat -c 'links %h' data.txt",
@@ -105,7 +105,7 @@ export const ENTRY_SCRIPT = [
  * folder, a hard link, a setuid file, a file owned by uid 1000, a merged-/usr
  * symlink written through, an xattr; entrypoint + cmd print what the tests check.
  */
-export async function writeTestImage(at: string, busybox = '/bin/busybox'): Promise<LayoutImage> {
+export async function writeTestImage(at: string, busybox = '/bin/busybox', user = 'app'): Promise<LayoutImage> {
   const bb = readFileSync(busybox)
   const layer1: Entry[] = [
     dir('bin'),
@@ -154,7 +154,7 @@ export async function writeTestImage(at: string, busybox = '/bin/busybox'): Prom
         Entrypoint: ['/bin/sh', '-c', ENTRY_SCRIPT, 'entry'],
         Cmd: ['first', 'two words'],
         ExposedPorts: {'8080/tcp': {}},
-        User: 'app',
+        User: user,
         Labels: {'org.opencontainers.image.title': 'convert-test'},
       },
     },
