@@ -203,7 +203,7 @@ export async function convertImage(store: LayoutStore | undefined, opts: Convert
     workParent = join(store.root, 'cache')
     await mkdir(workParent, {recursive: true})
   }
-  const work = await mkdtemp(join(workParent, 'convert-'))
+  const work = await mkdtemp(join(workParent, store ? 'convert-' : 'ovm-convert-'))
   let src: ImageSource | undefined
   try {
     opts.onEvent?.({type: 'phase', phase: 'fetch', detail: opts.source})

@@ -138,7 +138,9 @@ describe('hostile layers are refused, naming the layer and entry, and leave noth
       const img = join(tmp.path, `img-${cases.indexOf(c)}`)
       await writeHostileImage(img, c.layers)
       const out = join(tmp.path, `out-${cases.indexOf(c)}.ext4`)
-      const r = await ovm(['convert', `oci:${img}`, '--output', out], {home, cwd: tmp.path})
+      const scratch = join(tmp.path, `tmp-${cases.indexOf(c)}`)
+      mkdirSync(scratch)
+      const r = await ovm(['convert', `oci:${img}`, '--output', out], {home, cwd: tmp.path, env: {TMPDIR: scratch}})
       expect(r.code, r.stderr).toBe(3)
       expect(r.stderr).toMatch(c.message)
       expect(r.stderr).toContain('nothing was written')
@@ -146,6 +148,8 @@ describe('hostile layers are refused, naming the layer and entry, and leave noth
       expect(readdirSync(tmp.path).filter((n) => n.startsWith('.out-'))).toEqual([])
       expect(existsSync('/tmp/ovm-escaped-through-link.txt')).toBe(false)
       expect(existsSync('/escaped.txt')).toBe(false)
+      // the flattening folder is gone too
+      expect(readdirSync(scratch)).toEqual([])
     })
   }
 
