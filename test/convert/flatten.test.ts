@@ -229,6 +229,35 @@ describe('sources and the bootstrap config', () => {
     expect(readdirSync(tmp.path).filter((n) => n.startsWith('.app.ext4'))).toEqual([])
   })
 
+  it('reads a docker save tarball in its OCI form (Docker 25+: blobs/sha256 named in manifest.json, checked by digest)', async () => {
+    const img = await writeTestImage(join(tmp.path, 'img-ocisave'))
+    const index = JSON.parse(readFileSync(join(img.dir, 'index.json'), 'utf8'))
+    const manifest = JSON.parse(readFileSync(join(img.dir, 'blobs/sha256', index.manifests[0].digest.slice(7)), 'utf8'))
+    writeFileSync(
+      join(img.dir, 'manifest.json'),
+      JSON.stringify([{Config: `blobs/sha256/${manifest.config.digest.slice(7)}`, RepoTags: ['test/oci-save:1'], Layers: manifest.layers.map((l: {digest: string}) => `blobs/sha256/${l.digest.slice(7)}`)}]),
+    )
+    const tar = join(tmp.path, 'oci-save.tar')
+    execFileSync('tar', ['-cf', tar, '-C', img.dir, '.'])
+    const out = join(tmp.path, 'oci-save.ext4')
+    const r = await convertImage(undefined, {source: tar, output: out, sizeBuffer: 0})
+    expect(r.source).toBe(`docker-archive:${tar} (test/oci-save:1)`)
+    expect(debugfs(out, 'stat /usr/bin/setuidprog')).toMatch(/Mode:\s+04755/)
+    // a changed layer inside the tarball is caught by its digest
+    const victim = join(img.dir, 'blobs/sha256', img.layerDigests[1]!.slice(7))
+    const b = readFileSync(victim)
+    b[600] = b[600]! ^ 0xff
+    writeFileSync(victim, b)
+    execFileSync('tar', ['-cf', tar, '-C', img.dir, '.'])
+    await expect(convertImage(undefined, {source: tar, output: join(tmp.path, 'bad2.ext4')})).rejects.toMatchObject({code: 'DIGEST_MISMATCH'})
+  })
+
+  it('ovm run takes a command only after --', async () => {
+    const r = await ovm(['run', 'x/y:1', 'ls'], {home: join(tmp.path, 'home-run')})
+    expect(r.code).toBe(2)
+    expect(r.stderr).toContain('Put the command after --, e.g. ovm run REF -- ls -l /.')
+  })
+
   it('a damaged layer blob is refused by digest', async () => {
     const img = await writeTestImage(join(tmp.path, 'img2'))
     const victim = join(img.dir, 'blobs/sha256', img.layerDigests[1]!.slice(7))
