@@ -125,8 +125,10 @@ async function baseLayer(store: LayoutStore, file: Ovmfile, plan: BuildPlan, con
     path = join(work, 'base.qcow2')
     await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, path])
     await rm(raw, {force: true})
-  } else {
+  } else if (from.kind === 'disk') {
     path = resolve(context, from.path)
+  } else {
+    throw new AbortError({code: 'BASE_NOT_PREPARED', message: `FROM ${from.source}: the image base is not in the build cache`, hint: 'Build again: prepareBuild converts the image first.', exitCode: ExitCode.engine})
   }
   const layer = await ingestDisk(store, path, 0)
   const entry: BaseCacheEntry = {
@@ -451,6 +453,7 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
     ...(file.entrypoint ? {entrypoint: file.entrypoint} : {}),
     ...(file.cmd ? {cmd: file.cmd} : {}),
     ...(file.exposedPorts.length ? {exposedPorts: file.exposedPorts} : {}),
+    ...(file.user ? {user: file.user} : {}),
     profile: 'ovms-init',
   }
   let initrdDesc: Descriptor | undefined

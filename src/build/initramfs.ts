@@ -74,27 +74,120 @@ exec sh /agent.sh
 }
 
 
+/** How OVMS-Init mounts the root disk and names the machine (rfc/convert.md §4). */
+export interface OvmsInitOptions {
+  /** The root disk's file system: ext4 (read-write) or a read-only erofs/squashfs under a tmpfs overlay. */
+  rootFs?: 'ext4' | 'erofs' | 'squashfs'
+  /** The guest's hostname (`ovm.hostname=` on the kernel command line overrides it); default ovm. */
+  hostname?: string
+}
+
+/** Kernel modules OVMS-Init needs beyond the builder's for a root file system type. */
+export function rootFsModules(rootFs: OvmsInitOptions['rootFs']): string[] {
+  return rootFs === 'erofs' ? ['erofs', 'overlay'] : rootFs === 'squashfs' ? ['squashfs', 'overlay'] : []
+}
+
+/** A hostname as RFC 1123 allows: letters, digits and inner dashes, at most 63 characters. */
+export function safeHostname(name: string): string {
+  const h = name.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '')
+  return h || 'ovm'
+}
+
+/** One `ovm.cmd=` word: each argument as base64 of "x" + arg + "x" (so empty args and trailing newlines survive), joined by commas. */
+export function encodeCmdOverride(args: string[]): string {
+  return `ovm.cmd=${args.map((a) => Buffer.from(`x${a}x`).toString('base64')).join(',')}`
+}
+
 /**
- * /init of the OVMS-Init profile (rfc/ovms-v0.1.md §7): mount the root disk,
- * set up /proc /sys /dev, write env to /etc/environment, run entrypoint + cmd
- * in a chroot at workdir, print the exit status and power off. Without a
+ * /init of the OVMS-Init profile (rfc/ovms-v0.1.md §7, rfc/convert.md §4):
+ * mount the root disk, set up /proc /sys /dev and the hostname, write env to
+ * /etc/environment, and run entrypoint + cmd in a chroot at workdir as the
+ * config's user; print the exit status and power off. `ovm.cmd=` on the
+ * kernel command line replaces cmd (`ovm run REF -- ARGS`). Without a
  * command, hand over to the disk's own /sbin/init when it has one.
  */
-export function ovmsInitScript(modules: string[], cfg: BootstrapConfig): string {
-  const argv = [...(cfg.entrypoint ?? []), ...(cfg.cmd ?? [])]
-  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'HOME=/root', ...(cfg.env ?? [])]
+export function ovmsInitScript(modules: string[], cfg: BootstrapConfig, opts: OvmsInitOptions = {}): string {
+  const env = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...(cfg.env ?? [])]
   const w = cfg.workdir ?? '/'
+  const rootFs = opts.rootFs ?? 'ext4'
+  const q = (xs: string[] | undefined): string => (xs ?? []).map(shellQuote).join(' ')
+  const mountRoot =
+    rootFs === 'ext4'
+      ? `mount -t ext4 /dev/vda /newroot || { echo "@@ovm-error cannot mount the root disk /dev/vda"; poweroff -f; }`
+      : `mkdir -p /lower /rw
+mount -t ${rootFs} -o ro /dev/vda /lower || { echo "@@ovm-error cannot mount the ${rootFs} root disk /dev/vda"; poweroff -f; }
+mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || { echo "@@ovm-error cannot mount the overlay on the root disk"; poweroff -f; }`
+  // The command reaches the chroot's shell as arguments: no nested quoting. As another user, busybox's
+  // start-stop-daemon (no -b: it execs in place) sets the groups, gid and uid.
+  const inner =
+    'w=$1; shift; mkdir -p "$w" 2>/dev/null; cd "$w" || { echo "@@ovm-error cannot enter the workdir $w"; exit 125; }; ' +
+    'if [ -n "$OVM_UGID" ]; then u=$OVM_UGID; unset OVM_UGID; p=$1; shift; exec /.ovm/busybox start-stop-daemon -S -q -n ovm-no-such-process -c "$u" -a "$p" -- "$@"; fi; unset OVM_UGID; exec "$@"'
   return `${INIT_PREAMBLE}${modules.map((m) => `insmod /lib/modules/${m}.ko 2>/dev/null`).join('\n')}
 for i in $(seq 1 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 mkdir -p /newroot
-mount -t ext4 /dev/vda /newroot || { echo "@@ovm-error cannot mount the root disk /dev/vda"; poweroff -f; }
-${argv.length === 0 ? `if [ -x /newroot/sbin/init ]; then umount /proc /sys; mount --move /dev /newroot/dev 2>/dev/null; exec switch_root /newroot /sbin/init; fi
-echo "@@ovm-exit 0 (no entrypoint, cmd or /sbin/init)"
-sync; poweroff -f` : `mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/etc /newroot/.ovm
+${mountRoot}
+set -- ${q([...(cfg.entrypoint ?? []), ...(cfg.cmd ?? [])])}
+HN=${shellQuote(opts.hostname ?? 'ovm')}
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    ovm.cmd=*) OVM_CMD=\${word#ovm.cmd=} ;;
+    ovm.hostname=*) HN=\${word#ovm.hostname=} ;;
+  esac
+done
+if [ -n "$OVM_CMD" ]; then
+  set -- ${q(cfg.entrypoint)}
+  IFS=,
+  for a in $OVM_CMD; do
+    v=$(echo "$a" | base64 -d); v=\${v#x}; set -- "$@" "\${v%x}"
+  done
+  unset IFS
+fi
+hostname "$HN"
+if [ $# -eq 0 ]; then
+  if [ -x /newroot/sbin/init ]; then umount /proc /sys; mount --move /dev /newroot/dev 2>/dev/null; exec switch_root /newroot /sbin/init; fi
+  echo "@@ovm-exit 0 (no entrypoint, cmd or /sbin/init)"
+  sync; poweroff -f
+fi
+mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/etc /newroot/.ovm
 mount -t proc proc /newroot/proc; mount -t sysfs sysfs /newroot/sys; mount -o bind /dev /newroot/dev
 touch /newroot/.ovm/busybox; mount -o bind /bin/busybox /newroot/.ovm/busybox
-printf '%s\\n' ${(cfg.env ?? []).map(shellQuote).join(' ') || "''"} > /newroot/etc/environment
-hostname ovm
+printf '%s\\n' ${q(cfg.env) || "''"} > /newroot/etc/environment
+# The user (OCI form: name, uid, name:group, uid:gid), looked up in the image's /etc/passwd and /etc/group.
+U=${shellQuote(cfg.user ?? '')}
+uid=0; gid=0; home=/root
+if [ -n "$U" ]; then
+  u=\${U%%:*}; g=; case "$U" in *:*) g=\${U#*:} ;; esac
+  case "$u" in
+    *[!0-9]*) pw=$(awk -F: -v u="$u" '$1 == u { print $3 ":" $4 ":" $6; exit }' /newroot/etc/passwd 2>/dev/null) ;;
+    *) pw=$(awk -F: -v u="$u" '$3 == u { print $3 ":" $4 ":" $6; exit }' /newroot/etc/passwd 2>/dev/null) ;;
+  esac
+  if [ -n "$pw" ]; then
+    uid=\${pw%%:*}; r=\${pw#*:}; gid=\${r%%:*}; home=\${r#*:}
+  else
+    case "$u" in
+      ''|*[!0-9]*) echo "@@ovm-error user $u is not in the image's /etc/passwd"; echo "@@ovm-exit 126"; sync; poweroff -f ;;
+    esac
+    uid=$u; gid=0; home=/
+  fi
+  if [ -n "$g" ]; then
+    case "$g" in
+      *[!0-9]*) gid=$(awk -F: -v g="$g" '$1 == g { print $3; exit }' /newroot/etc/group 2>/dev/null)
+        [ -n "$gid" ] || { echo "@@ovm-error group $g is not in the image's /etc/group"; echo "@@ovm-exit 126"; sync; poweroff -f; } ;;
+      *) gid=$g ;;
+    esac
+  fi
+fi
+OVM_UGID=
+if [ "$uid" != 0 ] || [ "$gid" != 0 ]; then
+  OVM_UGID=$uid:$gid
+  # start-stop-daemon needs a passwd entry for the uid: add one for this boot only when the image has none.
+  if ! awk -F: -v u="$uid" '$3 == u { f = 1 } END { exit !f }' /newroot/etc/passwd 2>/dev/null; then
+    mkdir -p /tmp; { cat /newroot/etc/passwd 2>/dev/null; echo "ovm-$uid:x:$uid:$gid::$home:/bin/false"; } > /tmp/passwd
+    [ -e /newroot/etc/passwd ] || touch /newroot/etc/passwd
+    mount -o bind /tmp/passwd /newroot/etc/passwd
+  fi
+fi
 # The probe agent on COM2: "PROBE <base64 command>" runs it in the root file system, answers "PROBED <status>".
 if [ -c /dev/ttyS1 ]; then
   (
@@ -103,25 +196,25 @@ if [ -c /dev/ttyS1 ]; then
     while read -r cmd arg <&3; do
       if [ "$cmd" = PROBE ]; then
         c=$(echo "$arg" | base64 -d)
-        env -i ${env.map(shellQuote).join(' ')} chroot /newroot /.ovm/busybox sh -c "$c" >/dev/null 2>&1 </dev/null
+        env -i HOME=/root ${q(env)} chroot /newroot /.ovm/busybox sh -c "$c" >/dev/null 2>&1 </dev/null
         echo "PROBED $?" >&3
       fi
     done
   ) &
 fi
 echo "@@ovm-start"
-env -i ${env.map(shellQuote).join(' ')} chroot /newroot /.ovm/busybox sh -c ${shellQuote(`mkdir -p ${shellQuote(w)} && cd ${shellQuote(w)} && exec ${argv.map(shellQuote).join(' ')}`)}
+env -i HOME="$home" ${q(env)} OVM_UGID="$OVM_UGID" chroot /newroot /.ovm/busybox sh -c ${shellQuote(inner)} ovm-init ${shellQuote(w)} "$@"
 rc=$?
 echo "@@ovm-exit $rc"
-umount /newroot/.ovm/busybox /newroot/dev /newroot/sys /newroot/proc 2>/dev/null
+umount /newroot/etc/passwd /newroot/.ovm/busybox /newroot/dev /newroot/sys /newroot/proc 2>/dev/null
 sync; umount /newroot; sync
-poweroff -f`}
+poweroff -f
 `
 }
 
 /** The boot initramfs of a built artifact (OVMS-Init profile). */
-export async function ovmsInitramfs(opts: {modulesDir: string; bootstrap: BootstrapConfig; busybox?: string}): Promise<BuilderInitramfs> {
-  return assembleInitramfs(opts, (mods) => [{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(ovmsInitScript(mods, opts.bootstrap))}])
+export async function ovmsInitramfs(opts: {modulesDir: string; bootstrap: BootstrapConfig; busybox?: string} & OvmsInitOptions): Promise<BuilderInitramfs> {
+  return assembleInitramfs(opts, (mods) => [{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(ovmsInitScript(mods, opts.bootstrap, opts))}], rootFsModules(opts.rootFs))
 }
 
 export interface BuilderInitramfs {
@@ -137,7 +230,7 @@ export async function buildInitramfs(opts: {modulesDir: string; busybox?: string
   ])
 }
 
-async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, scripts: (modules: string[]) => CpioEntry[]): Promise<BuilderInitramfs> {
+async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, scripts: (modules: string[]) => CpioEntry[], extraModules: string[] = []): Promise<BuilderInitramfs> {
   const busyboxPath = opts.busybox ?? DEFAULT_BUSYBOX
   let busybox: Buffer
   try {
@@ -146,12 +239,12 @@ async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, s
     throw fileError(err, busyboxPath, 'busybox (install Debian\'s busybox-static)')
   }
   const index = await indexModules(opts.modulesDir)
-  const {order, missing} = await resolveModules(index, BUILDER_MODULES, await builtinModules(opts.modulesDir))
+  const {order, missing} = await resolveModules(index, [...BUILDER_MODULES, ...extraModules], await builtinModules(opts.modulesDir))
   const needed = missing.filter((m) => m !== 'libcrc32c' && m !== 'crc32c_generic')
   if (needed.length > 0) {
     throw new AbortError({
       code: 'MODULES_MISSING',
-      message: `the kernel's modules folder ${opts.modulesDir} lacks ${needed.join(', ')}, which the builder needs`,
+      message: `the kernel's modules folder ${opts.modulesDir} lacks ${needed.join(', ')}, which the ${extraModules.some((m) => needed.includes(m)) ? 'root file system' : 'builder'} needs`,
       hint: 'Give the modules that match the kernel (KERNEL PATH MODULES /lib/modules/VERSION), or a kernel with these drivers built in.',
       exitCode: ExitCode.invalid,
       ref: opts.modulesDir,

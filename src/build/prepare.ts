@@ -10,8 +10,13 @@ import {parseReference} from '../oci/reference.js'
 import {openRemote} from '../oci/remote/client.js'
 import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
 import {remoteSource} from '../sign/sign.js'
-import {type LayoutStore, pathExists} from '../oci/layout.js'
+import {type LayoutStore, pathExists, writeAtomic} from '../oci/layout.js'
 import {type ParseResult, type Problem, ovmfileError, readOvmfile} from '../ovmfile/index.js'
+import {imageBase} from '../convert/base.js'
+import type {ImageConfig} from '../convert/source.js'
+import {withFileLock} from '../oci/lock.js'
+import type {Ovmfile} from '../ovmfile/types.js'
+import {normalisePath} from '../ovmfile/parse.js'
 import {type SourceDigest, checkContext} from './context.js'
 import {type BuildPlan, type CacheIndex, planBuild} from './plan.js'
 
@@ -75,6 +80,19 @@ export async function prepareBuild(store: LayoutStore, opts: PrepareOptions): Pr
     const path = resolve(opts.context, from.path)
     baseKey = await fileDigest(path)
     baseDescription = `disk ${from.path}`
+  } else if (from.kind === 'image') {
+    const base = await imageBase(store, from.source, {
+      ...(from.size !== undefined ? {size: from.size} : {}),
+      cwd: opts.context,
+      isCached: async (key) => {
+        const hit = (await readCacheIndex(store))[`base:${key}`]
+        return Boolean(hit?.layer && (await pathExists(store.blobPath(hit.layer))))
+      },
+    })
+    if (base.made) await recordImageBase(store, base.key, base.made)
+    inheritImageConfig(parsed.ovmfile, base.config)
+    baseKey = base.key
+    baseDescription = `${from.source} (${base.description})`
   } else {
     const desc = await resolveOrPull(store, from.ref)
     baseKey = desc.digest
@@ -111,4 +129,50 @@ async function liveCacheEntries(store: LayoutStore): Promise<CacheIndex> {
     out[key] = entry
   }
   return out
+}
+
+/** A FROM image's disk layer becomes the base's cache entry, so the build (and every later one) takes it from the cache. */
+async function recordImageBase(store: LayoutStore, key: string, made: {digest: string; format: string; diskSize: number}): Promise<void> {
+  const path = cacheIndexPath(store)
+  await withFileLock(`${path}.lock`, async () => {
+    const cur = {...(await readCacheIndex(store))} as Record<string, unknown>
+    cur[`base:${key}`] = {layer: made.digest, createdAt: new Date().toISOString(), format: made.format, diskSize: String(made.diskSize)}
+    await writeAtomic(path, Buffer.from(JSON.stringify(cur, null, 1)))
+  })
+}
+
+/**
+ * A FROM image's config as the Ovmfile's defaults (as a Dockerfile's FROM):
+ * its Env under the Ovmfile's ENV (for the steps too), its WorkingDir while
+ * the Ovmfile sets none, its Entrypoint unless ENTRYPOINT is given, its Cmd
+ * unless CMD or ENTRYPOINT is given, its ExposedPorts added, and its User.
+ */
+export function inheritImageConfig(file: Ovmfile, image: ImageConfig): void {
+  const c = image.config ?? {}
+  const env: Record<string, string> = {}
+  for (const e of c.Env ?? []) {
+    const i = e.indexOf('=')
+    if (i > 0) env[e.slice(0, i)] = e.slice(i + 1)
+  }
+  const wd = c.WorkingDir && c.WorkingDir.startsWith('/') ? c.WorkingDir : undefined
+  for (const step of file.steps) {
+    step.env = {...env, ...step.env}
+    if (wd && step.workdir === '/') {
+      step.workdir = wd
+      if (step.kind === 'COPY' && step.relDest !== undefined) {
+        const abs = normalisePath(`${wd}/${step.relDest}`)
+        step.dest = step.dest.endsWith('/') && abs !== '/' ? `${abs}/` : abs
+      }
+    }
+  }
+  file.env = {...env, ...file.env}
+  if (wd && file.workdir === '/') file.workdir = wd
+  if (!file.entrypoint && !file.cmd) {
+    if (c.Entrypoint?.length) file.entrypoint = c.Entrypoint
+    if (c.Cmd?.length) file.cmd = c.Cmd
+  } else if (!file.entrypoint && c.Entrypoint?.length) {
+    file.entrypoint = c.Entrypoint
+  }
+  for (const p of Object.keys(c.ExposedPorts ?? {})) if (/^[0-9]{1,5}(\/(tcp|udp))?$/.test(p) && !file.exposedPorts.includes(p)) file.exposedPorts.push(p)
+  if (c.User && !file.user) file.user = c.User
 }

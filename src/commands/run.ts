@@ -1,7 +1,10 @@
 import {Args, Flags} from '@oclif/core'
 
+import {loadArtifact} from '../artifact/load.js'
+import {encodeCmdOverride} from '../build/initramfs.js'
 import {BaseCommand} from '../cli/base-command.js'
 import {connectDaemon, socketFor} from '../contract/daemon.js'
+import {DEFAULT_CMDLINE} from '../contract/runtime.js'
 import type {ContractClient} from '../contract/client.js'
 import type {InstanceStatus} from '../contract/types.js'
 import {AbortError, ExitCode, isOvmError} from '../errors/index.js'
@@ -24,7 +27,11 @@ export default class Run extends BaseCommand {
     '<%= config.bin %> run example/busybox:1.0',
     '<%= config.bin %> run -d example/busybox:1.0 --memory 512M --cpus 2',
     '<%= config.bin %> run example/busybox:warm   # restores its RAM snapshot',
+    '<%= config.bin %> run local/alpine:3.19 -- ls -l /   # replaces the image\'s cmd, as docker run does',
   ]
+
+  /** Words after `--` replace the artifact's cmd (OVMS-Init reads them from the kernel command line). */
+  static strict = false
 
   static args = {
     ref: Args.string({description: 'Artifact reference (local store; a registry reference is pulled first).', required: true}),
@@ -40,7 +47,17 @@ export default class Run extends BaseCommand {
   }
 
   async run(): Promise<InstanceStatus> {
-    const {args, flags} = await this.parse(Run)
+    const dash = this.argv.indexOf('--')
+    const cmdArgs = dash >= 0 ? this.argv.slice(dash + 1) : undefined
+    const {args, flags, argv} = await this.parse(Run)
+    if (cmdArgs === undefined && argv.length > 1) {
+      throw new AbortError({
+        code: 'USAGE',
+        message: `unexpected argument ${JSON.stringify(argv[1])}`,
+        hint: 'Put the command after --, e.g. ovm run REF -- ls -l /.',
+        exitCode: ExitCode.usage,
+      })
+    }
     const storeRoot = flags.store ?? defaultStoreRoot()
     const store = this.openStore(storeRoot)
     try {
@@ -60,6 +77,19 @@ export default class Run extends BaseCommand {
     // The trust policy decides before anything is unpacked or booted.
     const policy = await enforcePolicy(localSource(store), args.ref, await loadPolicy(policyPath(storeRoot)))
     if (policy.verified) this.note(`policy ${policy.rule}: ${describeVerified(policy.verified)}`)
+    let cmdline: string | undefined
+    if (cmdArgs && cmdArgs.length > 0) {
+      const a = await loadArtifact(store, args.ref)
+      cmdline = `${a.ovms.kernel?.args ?? DEFAULT_CMDLINE} ${encodeCmdOverride(cmdArgs)}`
+      if (cmdline.length > 2000) {
+        throw new AbortError({
+          code: 'CMD_TOO_LONG',
+          message: `the command after -- is too long for the kernel command line (${cmdline.length} of at most 2000 bytes)`,
+          hint: 'Shorten the arguments, or put the command in a script inside the image.',
+          exitCode: ExitCode.usage,
+        })
+      }
+    }
     const {client, started} = await connectDaemon({storeRoot, socketPath: socketFor(storeRoot, flags.socket), autoStart: true})
     if (started) this.note(`started an ovm daemon (log: ${storeRoot}/serve.log)`)
     const st = await client.start({
@@ -68,7 +98,9 @@ export default class Run extends BaseCommand {
         engine: flags.engine as 'qemu' | 'kvm',
         ...(flags.memory ? {memory: flags.memory} : {}),
         ...(flags.cpus ? {cpus: flags.cpus} : {}),
-        ...(flags.cold ? {cold_boot: true} : {}),
+        // A RAM snapshot has its command running already: new arguments need a cold boot.
+        ...(flags.cold || cmdline ? {cold_boot: true} : {}),
+        ...(cmdline ? {cmdline} : {}),
       },
     })
     if (flags.detach || this.jsonEnabled()) {

@@ -171,6 +171,22 @@ class Parser {
       this.file.from = {kind: 'scratch', size, sizeText: sizeW.value, fs, pos: ins.pos}
       return
     }
+    if (first.value.startsWith('docker://') || first.value.startsWith('oci:')) {
+      const source = first.value
+      if (source === 'docker://' || source === 'oci:') return this.err(at, 'MISSING_ARGUMENT', `FROM ${source} needs an image`, 'Write FROM docker://alpine:3.19 or FROM oci:path/to/layout[:TAG].')
+      const sizeW = w[1]
+      let size: number | undefined
+      if (sizeW) {
+        size = parseSize(sizeW.value)
+        if (size === undefined || size < 16 * 1024 * 1024) {
+          this.err({line: at.line, col: sizeW.col}, 'BAD_SIZE', `disk size "${sizeW.value}" is ${size === undefined ? 'not a size' : 'below 16M'}`, 'Write a size such as 2G, or leave it out (the content plus 1G).')
+          return
+        }
+      }
+      if (w.length > 2) this.err({line: at.line, col: (w[2] as Word).col}, 'EXTRA_ARGUMENT', `unexpected "${(w[2] as Word).value}"`, 'FROM docker://IMAGE takes an optional disk size.')
+      this.file.from = {kind: 'image', source, ...(size !== undefined ? {size, sizeText: (sizeW as Word).value} : {}), pos: ins.pos}
+      return
+    }
     if (w.length > 1) this.err({line: at.line, col: (w[1] as Word).col}, 'EXTRA_ARGUMENT', `unexpected "${(w[1] as Word).value}"`, 'FROM takes one reference, or scratch SIZE [FS].')
     if (first.value.startsWith('disk:')) {
       const path = first.value.slice(5)
@@ -179,7 +195,7 @@ class Parser {
       return
     }
     if (!/^[a-z0-9][a-z0-9._\-/:@]*$/i.test(first.value)) {
-      this.err({line: at.line, col: first.col}, 'BAD_REFERENCE', `"${first.value}" is not an artifact reference`, 'Write FROM scratch SIZE, FROM disk:PATH, or FROM name:tag.')
+      this.err({line: at.line, col: first.col}, 'BAD_REFERENCE', `"${first.value}" is not an artifact reference`, 'Write FROM scratch SIZE, FROM disk:PATH, FROM docker://IMAGE, or FROM name:tag.')
       return
     }
     this.file.from = {kind: 'artifact', ref: first.value, pos: ins.pos}
@@ -322,7 +338,7 @@ class Parser {
     }
     const abs = normalisePath(dest.value.startsWith('/') ? dest.value : `${this.file.workdir}/${dest.value}`)
     const destAbs = isDir && abs !== '/' ? `${abs}/` : abs
-    this.step(ins, {kind: 'COPY', sources: inside.map((s) => s.value), dest: destAbs, ...(chown ? {chown} : {}), ...(chmod === undefined ? {} : {chmod})})
+    this.step(ins, {kind: 'COPY', sources: inside.map((s) => s.value), dest: destAbs, ...(dest.value.startsWith('/') ? {} : {relDest: dest.value}), ...(chown ? {chown} : {}), ...(chmod === undefined ? {} : {chmod})})
   }
 
   iRUN(ins: RawInstruction, at: Position): void {
@@ -464,7 +480,7 @@ function validName(s: string): boolean {
   return /^[A-Za-z_][A-Za-z0-9_]*$/.test(s)
 }
 
-function normalisePath(p: string): string {
+export function normalisePath(p: string): string {
   const out: string[] = []
   for (const part of p.split('/')) {
     if (part === '' || part === '.') continue

@@ -16,11 +16,15 @@ export type FromSource =
   | {kind: 'scratch'; size: number; sizeText: string; fs: 'ext4' | 'xfs' | 'btrfs'}
   | {kind: 'artifact'; ref: string}
   | {kind: 'disk'; path: string}
+  /** A container image (docker://REF or oci:PATH[:TAG]) converted to an ext4 base (rfc/convert.md); size: the disk's, else content + 1G. */
+  | {kind: 'image'; source: string; size?: number; sizeText?: string}
 
 export interface CopyStep {
   kind: 'COPY'
   sources: string[]
   dest: string
+  /** The destination as written when relative (dest is it resolved against WORKDIR; a FROM image's workdir re-resolves it). */
+  relDest?: string
   chown?: {user: string; group?: string}
   chmod?: number
 }
@@ -76,6 +80,8 @@ export interface Ovmfile {
   workdir: string
   exposedPorts: string[]
   labels: Record<string, string>
+  /** The user the workload runs as (from a FROM image's config; the Ovmfile has no USER yet). */
+  user?: string
   snapshot?: SnapshotSpec
   /** ARG names declared, with their defaults. */
   args: Record<string, string | undefined>

@@ -18,7 +18,7 @@ describe('ovm init', () => {
     const r = await ovm(['init', '--list', '--json'], {home})
     expect(r.code).toBe(0)
     const names = JSON.parse(r.stdout).templates.map((t: {name: string}) => t.name)
-    expect(names).toEqual(['busybox', 'debian', 'service'])
+    expect(names).toEqual(['busybox', 'container', 'debian', 'service'])
   })
 
   it('writes a template with busybox beside it, and never overwrites without --force', async () => {
@@ -39,7 +39,7 @@ describe('ovm init', () => {
   it('an unknown template or no template in a script is a clear error', async () => {
     const bad = await ovm(['init', '--template', 'nope', join(tmp.path, 'p2')], {home})
     expect(bad.code).toBe(3)
-    expect(bad.stderr).toContain('busybox, debian, service')
+    expect(bad.stderr).toContain('busybox, container, debian, service')
     const none = await ovm(['init', join(tmp.path, 'p3')], {home})
     expect(none.code).toBe(2)
     expect(none.stderr).toContain('--template')
