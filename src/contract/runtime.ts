@@ -51,6 +51,8 @@ export class Instance {
   readonly followers = new Set<Follower>()
   devices: DeviceSpec[] = []
   spec?: BootSpec
+  /** Snapshots being written or published: the instance's files stay until they settle. */
+  readonly snapshotsInFlight = new Set<Promise<unknown>>()
 
   constructor(
     id: string,
@@ -281,6 +283,9 @@ export class Runtime {
 
   /** Remove the instance's files (followers end on their own with the final state record). */
   private async cleanup(inst: Instance): Promise<void> {
+    // A snapshot folder lives in the work dir: a guest that powers off while
+    // its snapshot is being published must not pull the files from under it.
+    while (inst.snapshotsInFlight.size > 0) await Promise.allSettled([...inst.snapshotsInFlight])
     await rm(inst.workDir, {recursive: true, force: true}).catch(() => undefined)
   }
 
@@ -294,22 +299,31 @@ export class Runtime {
 
   async snapshot(id: string, tag?: string): Promise<SnapshotResponse> {
     const inst = this.get(id)
-    if (!inst.vm || (inst.state !== 'running' && inst.state !== 'paused')) throw conflict(id, inst.state, 'snapshot')
+    const vm = inst.vm
+    if (!vm || (inst.state !== 'running' && inst.state !== 'paused')) throw conflict(id, inst.state, 'snapshot')
     const t0 = Date.now()
     const dir = join(inst.workDir, `snapshot-${t0}`)
-    try {
-      const info = await inst.vm.snapshot(dir)
-      const pub = await publishSnapshot(this.store, inst.artifact, info, tag)
-      return {
-        snapshot_ref: tag ?? pub.descriptor.digest,
-        digest: pub.descriptor.digest,
-        subject: inst.artifact.descriptor.digest,
-        size: pub.newBytes,
-        paused_ms: info.pausedMs,
-        total_ms: Date.now() - t0,
+    const work = (async (): Promise<SnapshotResponse> => {
+      try {
+        const info = await vm.snapshot(dir)
+        const pub = await publishSnapshot(this.store, inst.artifact, info, tag)
+        return {
+          snapshot_ref: tag ?? pub.descriptor.digest,
+          digest: pub.descriptor.digest,
+          subject: inst.artifact.descriptor.digest,
+          size: pub.newBytes,
+          paused_ms: info.pausedMs,
+          total_ms: Date.now() - t0,
+        }
+      } finally {
+        await rm(dir, {recursive: true, force: true})
       }
+    })()
+    inst.snapshotsInFlight.add(work)
+    try {
+      return await work
     } finally {
-      await rm(dir, {recursive: true, force: true})
+      inst.snapshotsInFlight.delete(work)
     }
   }
 

@@ -16,6 +16,7 @@ import {heartbeatInitramfs, holdVmLock, KERNEL, lastHeartbeat, until, vmSkipReas
 import {BIN, FIXTURES, ROOT, type RunResult, ovm, packArgs, tempDir} from '../helpers/cli.js'
 import {ID_BASE, cliFiles, cliSchemas, problems, validator} from '../helpers/cli-schemas.js'
 import {type TestRegistry, registryAvailable, startRegistry} from '../helpers/registry.js'
+import {writeTestImage} from '../convert/image.js'
 
 /** Schemas in schemas/cli/ that are not one command's output. */
 const SHARED = new Set(['defs.json', 'error.json'])
@@ -408,6 +409,26 @@ describe.skipIf(vmSkipReason())('daemon commands with a TCG guest: serve, run, p
     expect(b.plan.snapshot.when.kind).toBe('console')
     expect(b.snapshot.digest).toBe(b.result.digest)
     expect(b.snapshot.subject).not.toBe(b.snapshot.digest)
+  }, 300_000)
+})
+
+describe('convert (an OCI layout made in the test; no VM)', () => {
+  const tmp = tempDir('ovm-json-convert-')
+  const home = join(tmp.path, 'home')
+  const run = (args: string[]): Promise<RunResult> => ovm([...args, '--json'], {home, cwd: tmp.path})
+  afterAll(() => tmp.cleanup())
+
+  it('convert --output (a bare ext4 image) and convert -t REF --kernel REF (an artifact)', async () => {
+    await writeTestImage(join(tmp.path, 'image'))
+    const bare = ok<{fs: string; output: string; whiteouts: number}>('convert', await run(['convert', 'oci:image:v1', '--output', join(tmp.path, 'root.ext4')]))
+    expect(bare.fs).toBe('ext4')
+    expect(existsSync(bare.output)).toBe(true)
+    expect(bare.whiteouts).toBeGreaterThan(0)
+    ok('kernel:import', await run(['kernel', 'import', join(FIXTURES, 'kernel-root'), '-t', 'example/kernel:6.1']))
+    const art = ok<{references: string[]; digest: string}>('convert', await run(['convert', 'oci:image:v1', '-t', 'example/app:1.0', '--kernel', 'example/kernel:6.1']))
+    expect(art.references).toEqual(['example/app:1.0'])
+    const failure = failed(await run(['convert', 'oci:image:v1', '-t', 'example/app:2.0']), ExitCode.usage)
+    expect(failure.message).toMatch(/kernel/i)
   }, 300_000)
 })
 

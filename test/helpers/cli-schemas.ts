@@ -25,6 +25,7 @@ addFormats(ajv)
 ajv.addVocabulary(['openapi', 'info', 'servers', 'paths', 'components', 'tags', 'webhooks', 'security', 'externalDocs'])
 ajv.addSchema(JSON.parse(readFileSync(join(SCHEMAS, 'contract.openapi.json'), 'utf8')), 'https://ovm.dev/schemas/contract.openapi.json')
 ajv.addSchema(JSON.parse(readFileSync(join(SCHEMAS, 'manifest.v1.json'), 'utf8')))
+ajv.addSchema(JSON.parse(readFileSync(join(SCHEMAS, 'bootstrap-config.v1.json'), 'utf8')))
 export const cliFiles = readdirSync(CLI_SCHEMAS).filter((f) => f.endsWith('.json')).sort()
 export const cliSchemas = new Map<string, Record<string, unknown>>()
 for (const f of cliFiles) {
