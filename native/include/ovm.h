@@ -152,6 +152,29 @@ int ovm_disk_flush(struct ovm_disk *d, struct ovm_err *err);
 /* Flush and close; the qcow2 top passes `qemu-img check` afterwards. */
 void ovm_disk_close(struct ovm_disk *d);
 
+/* One qcow2 image (qcow2.c), the building block of a chain (disk.c).
+ * `backing` reads the image below at the same guest offset (zeros past its
+ * end); NULL means nothing is below (unallocated clusters read as zeros).
+ * Precondition: the caller serialises all calls on one image (disk.c holds
+ * the disk's mutex) and keeps offsets inside ovm_qcow2_size(). */
+typedef int (*ovm_backing_read_fn)(void *ctx, uint64_t off, void *buf, size_t len, struct ovm_err *err);
+struct ovm_qcow2;
+/* Takes ownership of fd (closed by ovm_qcow2_close, or on failure). */
+int ovm_qcow2_open(struct ovm_qcow2 **out, int fd, const char *path, bool writable, struct ovm_err *err);
+uint64_t ovm_qcow2_size(const struct ovm_qcow2 *q);
+/* The backing file name from the header, or NULL when there is none. */
+const char *ovm_qcow2_backing(const struct ovm_qcow2 *q);
+int ovm_qcow2_read(struct ovm_qcow2 *q, uint64_t off, void *buf, size_t len, ovm_backing_read_fn backing,
+		   void *ctx, struct ovm_err *err);
+/* Copy-on-write into this image: clusters not yet owned here are allocated
+ * whole, the rest of the cluster copied up through `backing`. */
+int ovm_qcow2_write(struct ovm_qcow2 *q, uint64_t off, const void *buf, size_t len,
+		    ovm_backing_read_fn backing, void *ctx, struct ovm_err *err);
+/* Data, then refcounts, then L2 tables, then L1, each stage fdatasync'd. */
+int ovm_qcow2_flush(struct ovm_qcow2 *q, struct ovm_err *err);
+/* Flushes (a failure is reported through err) and frees. */
+int ovm_qcow2_close(struct ovm_qcow2 *q, struct ovm_err *err);
+
 /* ------------------------------------------------------------- devices */
 
 /* A device the VM owns. Each saves and restores its own state (Firecracker's
