@@ -237,6 +237,8 @@ struct ovm_vq_seg {
 };
 
 #define OVM_VQ_MAX_SEGS 256
+/* *head after a failed pop when no valid head could be read (queue heads are < 1024). */
+#define OVM_VQ_NO_HEAD 0xFFFFu
 
 /* Pop the next available chain: returns 1 and fills segs/nsegs/head, 0
  * when the ring is empty, -EINVAL (message says why) for a chain that
