@@ -398,6 +398,7 @@ int main(void)
 	fuzz("-o compat=1.1,cluster_size=512,refcount_bits=64", 6u << 20, 600, 20000, 200, "v3 512B refcount64 (table grows)");
 	fuzz("-o compat=1.1,cluster_size=1024,refcount_bits=1", 2u << 20, 300, 9000, 0, "v3 1K refcount1");
 	fuzz("-o compat=1.1,cluster_size=2048,refcount_bits=8", 3u << 20, 300, 30000, 77, "v3 2K refcount8");
+	fuzz("-o compat=1.1,cluster_size=2M", 16u << 20, 60, 3u << 20, 20, "v3 2M clusters");
 
 	int failed = check_done("test_qcow2");
 	if (!failed)
