@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-PKGS=(skopeo umoci busybox-static qemu-utils cpio e2fsprogs zstd lz4 docker-registry apache2-utils qemu-system-x86 tmux debootstrap erofs-utils squashfs-tools)
+PKGS=(skopeo umoci busybox-static qemu-utils cpio e2fsprogs zstd lz4 docker-registry apache2-utils qemu-system-x86 tmux debootstrap erofs-utils squashfs-tools gcc g++ make libc6-dev linux-libc-dev python3)
 
 log="$(mktemp -t ovm-install-deps.XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
