@@ -13,9 +13,10 @@ import {copy, referrersOf} from '../oci/copy.js'
 import {parseReference} from '../oci/reference.js'
 import {openRemote} from '../oci/remote/client.js'
 import {AbortError, ExitCode} from '../errors/index.js'
+import {keylessConfig} from '../sign/keyless.js'
 import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
 import {SLSA_PROVENANCE_V1, buildProvenance} from '../sign/provenance.js'
-import {signArtifact} from '../sign/sign.js'
+import {type SigningMethod, signArtifact} from '../sign/sign.js'
 import {BuildProgress} from '../ui/build-progress.js'
 import {humanBytes, isInteractive, shortDigest} from '../ui/format.js'
 
@@ -45,9 +46,9 @@ export default class Build extends BaseCommand {
     'no-cache': Flags.boolean({description: 'Ignore the build cache.'}),
     'dry-run': Flags.boolean({description: 'Print the plan (steps, cache keys, hits and misses) and stop.'}),
     engine: Flags.string({description: 'Engine for the builder VM.', options: ['qemu'], default: 'qemu'}),
-    sign: Flags.boolean({description: 'Sign the result (needs --key; passphrase in OVM_KEY_PASSWORD).'}),
+    sign: Flags.boolean({description: 'Sign the result: with --key (passphrase in OVM_KEY_PASSWORD), or keyless through Fulcio and Rekor with a CI OIDC token (SIGSTORE_ID_TOKEN, GitHub Actions).'}),
     provenance: Flags.boolean({description: 'Attach a signed SLSA provenance v1 attestation (with --sign).'}),
-    key: Flags.string({description: 'Private key for --sign.'}),
+    key: Flags.string({description: 'Private key for --sign/--provenance; without it they sign keyless.'}),
     'boot-per-step': Flags.boolean({description: 'Boot a fresh builder for every step (slower; for comparison).', hidden: true}),
     push: Flags.boolean({description: 'Push the tags that name a registry after building (with signatures and attestations).'}),
     ...registryFlags,
@@ -86,10 +87,9 @@ export default class Build extends BaseCommand {
         exitCode: ExitCode.usage,
       })
     }
-    if ((flags.sign || flags.provenance) && !flags.key) {
-      throw new AbortError({code: 'NO_KEY', message: '--sign and --provenance need --key', hint: 'Make a key with `ovm key generate` and pass --key ovm.key.', exitCode: ExitCode.usage})
-    }
-    const key = flags.key ? await loadPrivateKey(flags.key, passphraseFromEnv()) : undefined
+    // Signing is settled before the build: a local key, or keyless with the CI's OIDC token (refused now, not after the build, when there is none).
+    const how: SigningMethod | undefined =
+      flags.sign || flags.provenance ? (flags.key ? await loadPrivateKey(flags.key, passphraseFromEnv()) : {keyless: keylessConfig({})}) : undefined
     const engine = new QemuEngine()
     const startedOn = new Date()
     const stepLayers = new Map<number, string | undefined>()
@@ -163,9 +163,9 @@ export default class Build extends BaseCommand {
     }
     const seconds = (performance.now() - t0) / 1000
     const signatures: string[] = []
-    if (key && (flags.sign || flags.provenance)) {
+    if (how) {
       const ref = result.references[0] as string
-      if (flags.sign) signatures.push((await signArtifact({store}, ref, key)).signature)
+      if (flags.sign) signatures.push((await signArtifact({store}, ref, how)).signature)
       if (flags.provenance) {
         const predicate = await buildProvenance({
           ovmfilePath: ovmfile,
@@ -179,7 +179,7 @@ export default class Build extends BaseCommand {
           finishedOn: new Date(),
           builderVersion: this.config.version,
         })
-        signatures.push((await signArtifact({store}, ref, key, {predicateType: SLSA_PROVENANCE_V1, predicate})).signature)
+        signatures.push((await signArtifact({store}, ref, how, {predicateType: SLSA_PROVENANCE_V1, predicate})).signature)
       }
       this.note(`attached ${signatures.length} signed referrer${signatures.length === 1 ? '' : 's'} (${[flags.sign && 'signature', flags.provenance && 'SLSA provenance'].filter(Boolean).join(', ')})`)
     }

@@ -6,7 +6,7 @@
  * trusted_root.json made from the fakes' CA and log keys) are the real code.
  */
 import {execFileSync} from 'node:child_process'
-import {existsSync, mkdirSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 
 import {bundleFromJSON, isBundleWithDsseEnvelope} from '@sigstore/bundle'
@@ -19,7 +19,7 @@ import {loadTrustedRoot} from '../../src/sign/keyless.js'
 import {enforcePolicy, loadPolicy} from '../../src/sign/policy.js'
 import {localSource} from '../../src/sign/sign.js'
 import {type Trust, verifySignatureWith} from '../../src/sign/signature.js'
-import {hashAllBlobs, ovm, packArgs, rejects, tempDir} from '../helpers/cli.js'
+import {FIXTURES, hashAllBlobs, ovm, packArgs, rejects, tempDir} from '../helpers/cli.js'
 import {problems, validator} from '../helpers/cli-schemas.js'
 import {type FakeSigstore, TestCA, TestOidc, fakeActionsTokenEndpoint, startFakeSigstore, toPem} from './fake-sigstore.js'
 
@@ -231,6 +231,30 @@ describe('ovm sign without --key (keyless through Fulcio and Rekor)', () => {
     )
     expect(v.code, v.stderr).toBe(0)
   })
+})
+
+describe('ovm build --sign --provenance without --key (keyless)', () => {
+  it('signs the build and its SLSA provenance through Fulcio and Rekor; both verify keyless', async () => {
+    const kv = readFileSync(join(FIXTURES, 'kernel-version'), 'utf8').trim()
+    const ctx = join(tmp.path, 'build-keyless')
+    mkdirSync(ctx, {recursive: true})
+    // No RUN/COPY steps: nothing to bake, so no builder VM boots.
+    writeFileSync(
+      join(ctx, 'Ovmfile'),
+      [`FROM disk:${join(FIXTURES, 'disk.qcow2')}`, `KERNEL ${join(FIXTURES, 'kernel-root', 'boot', `vmlinuz-${kv}`)} MODULES ${join(FIXTURES, 'kernel-root', 'lib', 'modules', kv)}`, 'CMDLINE "console=ttyS0"', ''].join('\n'),
+    )
+    const none = await ovm(['build', ctx, '-t', 'example/built:1', '--sign'], {home, env: noAmbientToken})
+    expect(none.code).toBe(2)
+    expect(none.stderr).toContain('OIDC')
+    const b = await ovm(['build', ctx, '-t', 'example/built:1', '--sign', '--provenance', '--json'], {home, env: signEnv(ghaToken())})
+    expect(b.code, b.stderr).toBe(0)
+    expect(JSON.parse(b.stdout).signatures).toHaveLength(2)
+    const v = await ovm([...verifyArgs('example/built:1'), '--json'], {home})
+    expect(v.code, v.stderr).toBe(0)
+    const out = JSON.parse(v.stdout) as {verified: {predicateType: string; identity?: {subject: string}}[]}
+    expect(out.verified.map((x) => x.predicateType).sort()).toEqual(['https://sigstore.dev/cosign/sign/v1', 'https://slsa.dev/provenance/v1'])
+    for (const x of out.verified) expect(x.identity?.subject).toBe(IDENTITY)
+  }, 180_000)
 })
 
 describe('ovm verify with keyless identities', () => {
