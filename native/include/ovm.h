@@ -293,10 +293,6 @@ int ovm_x86_write_page_tables(const struct ovm_mem *mem, struct ovm_err *err);
  * 0xa09b 64-bit code, 0xc093 data, 0x808b TSS). */
 uint64_t ovm_x86_gdt_entry(uint16_t flags, uint32_t base, uint32_t limit);
 
-/* An MP table (Intel MP spec 1.4) for `ncpus` CPUs at the EBDA, so that
- * Linux without ACPI starts the APs and finds the IOAPIC. */
-int ovm_x86_write_mptable(const struct ovm_mem *mem, int ncpus, struct ovm_err *err);
-
 /* ---- x86 CPU setup (arch/x86_64/cpu.c), on a vCPU fd */
 
 struct kvm_cpuid2;
@@ -338,7 +334,10 @@ void ovm_i8042_destroy(struct ovm_i8042 *k);
 
 /* ---- the VM */
 
-#define OVM_MAX_VCPUS 8
+/* One vCPU for now: Linux without ACPI finds APs only through an MP table,
+ * which we do not write yet (it also has to route PCI INTx through the
+ * IOAPIC). */
+#define OVM_MAX_VCPUS 1
 #define OVM_MAX_DISKS 8
 #define OVM_MAX_CHAIN 16
 
@@ -397,6 +396,58 @@ int ovm_vm_serial_input(struct ovm_vm *vm, int port, const uint8_t *data, size_t
 void ovm_vm_destroy(struct ovm_vm *vm);
 /* Human description of why KVM cannot be used here, or NULL when /dev/kvm works. */
 const char *ovm_kvm_unavailable(char *buf, size_t len);
+
+/* ---- VM internals, shared by vm.c, vcpu.c and snapshot.c only */
+
+struct kvm_run;
+struct ovm_vcpu {
+	struct ovm_vm *vm;
+	int id, fd;
+	struct kvm_run *run;
+	pthread_t tid;
+	bool thread_started;
+};
+
+struct ovm_vm {
+	int kvm_fd, vm_fd;
+	size_t run_size;
+	struct ovm_mem mem;
+	struct ovm_bus pio, mmio;
+	struct ovm_irq irq;
+	struct ovm_serial *com[2];
+	struct ovm_i8042 *kbd;
+	struct ovm_pci *pci;
+	struct kvm_cpuid2 *cpuid; /* KVM_GET_SUPPORTED_CPUID */
+	int ncpus;
+	struct ovm_vcpu vcpu[OVM_MAX_VCPUS];
+	struct ovm_vm_config cfg;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool pause_req, stop, joined;
+	int alive;  /* vCPU threads not yet returned */
+	int parked; /* vCPU threads parked for pause_req */
+	enum ovm_exit_reason reason;
+	char detail[OVM_ERR_MAX];
+
+	/* Poweroff rule (vm.c): the kernel's last words on COM1. */
+	char tail[32];
+	bool power_down_seen;
+};
+
+/* Create the vCPU fds, their kvm_run mappings and CPUID (no registers). */
+int ovm_vcpu_create(struct ovm_vm *vm, int id, struct ovm_err *err);
+/* Start vCPU `id`'s thread (all signals blocked but the kick signal). */
+int ovm_vcpu_start(struct ovm_vm *vm, int id, struct ovm_err *err);
+/* Make vCPU `id` leave KVM_RUN soon (immediate_exit + signal); any thread. */
+void ovm_vcpu_kick(struct ovm_vm *vm, int id);
+/* Record the end of the VM (first caller wins), stop and kick every vCPU,
+ * call on_exit. Safe from vCPU threads. */
+void ovm_vm_end(struct ovm_vm *vm, enum ovm_exit_reason reason, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* The VM's memory and KVM objects without devices or vCPUs (create and restore share it). */
+int ovm_vm_init_common(struct ovm_vm *vm, const struct ovm_vm_config *cfg, uint64_t mem_bytes, int ncpus,
+		       int mem_fd, struct ovm_err *err);
 
 /* ---- snapshots (snapshot.c); format in rfc/runtime.md */
 
