@@ -73,6 +73,7 @@ static void features_from(const struct kvm_cpuid2 *c, uint32_t f[8])
 	/* Bits KVM or we set per vCPU, not host capabilities. */
 	f[0] &= ~(1u << 31 | 1u << 27 | 1u << 5); /* hypervisor, OSXSAVE (follows CR4), VMX */
 	f[1] &= ~(1u << 9);                        /* APIC (follows APIC_BASE) */
+	f[3] &= ~(1u << 4);                        /* OSPKE (follows CR4.PKE) */
 	f[5] &= ~(1u << 2);                        /* SVM */
 }
 

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 #include <linux/kvm.h>
 
 #include "ovm.h"
@@ -143,10 +145,43 @@ static bool handle_exit(struct ovm_vcpu *c)
 	}
 }
 
+/* After the kernel's "reboot: System halted"/"Power down" line, Linux
+ * (no ACPI) parks the CPU in HLT with interrupts off; with an in-kernel
+ * irqchip that HLT never leaves KVM_RUN. So once the line was seen, a timer
+ * kicks this thread every 20 ms and it looks: halted with IF clear means
+ * the guest has powered off. */
+static bool halted_for_good(struct ovm_vcpu *c)
+{
+	struct kvm_mp_state mp;
+	struct kvm_regs r;
+	if (ioctl(c->fd, KVM_GET_MP_STATE, &mp) < 0 || ioctl(c->fd, KVM_GET_REGS, &r) < 0)
+		return false;
+	return mp.mp_state == KVM_MP_STATE_HALTED && !(r.rflags & (1u << 9));
+}
+
+static void arm_halt_timer(timer_t *t, bool *armed)
+{
+	struct sigevent sev;
+	memset(&sev, 0, sizeof sev);
+	sev.sigev_notify = SIGEV_THREAD_ID;
+	sev.sigev_signo = SIG_KICK;
+	sev._sigev_un._tid = (int)gettid();
+	if (timer_create(CLOCK_MONOTONIC, &sev, t) < 0)
+		return;
+	struct itimerspec its = {{0, 20 * 1000000L}, {0, 20 * 1000000L}};
+	if (timer_settime(*t, 0, &its, NULL) < 0) {
+		timer_delete(*t);
+		return;
+	}
+	*armed = true;
+}
+
 static void *vcpu_main(void *arg)
 {
 	struct ovm_vcpu *c = arg;
 	struct ovm_vm *vm = c->vm;
+	timer_t halt_timer;
+	bool halt_armed = false;
 	sigset_t set;
 	sigfillset(&set);
 	sigdelset(&set, SIG_KICK);
@@ -167,6 +202,11 @@ static void *vcpu_main(void *arg)
 			int e = errno;
 			if (e == EINTR || e == EAGAIN) {
 				__atomic_store_n(&c->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+				if (vm->power_down_seen && halted_for_good(c)) {
+					ovm_vm_end(vm, OVM_EXIT_POWEROFF, "the guest powered off (halted after \"%s\")",
+						   "reboot: System halted/Power down");
+					break;
+				}
 				continue;
 			}
 			ovm_vm_end(vm, OVM_EXIT_CRASHED, "vCPU %d: KVM_RUN: %s", c->id, strerror(e));
@@ -174,7 +214,11 @@ static void *vcpu_main(void *arg)
 		}
 		if (!handle_exit(c))
 			break;
+		if (vm->power_down_seen && !halt_armed)
+			arm_halt_timer(&halt_timer, &halt_armed);
 	}
+	if (halt_armed)
+		timer_delete(halt_timer);
 	pthread_mutex_lock(&vm->lock);
 	vm->alive--;
 	pthread_cond_broadcast(&vm->cond);

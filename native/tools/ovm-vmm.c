@@ -8,7 +8,8 @@
  *
  * The guest's COM1 goes to stdout, COM2 is discarded. Timings go to stderr
  * as "ovm-vmm: key=value" lines. --until waits for TEXT on COM1; then
- * --input TEXT is typed into COM1 ("\n" for newline), --snapshot pauses and
+ * --input TEXT is typed into COM1 ("\n" for newline; on restore it is typed
+ * first, before waiting for --until), --snapshot pauses and
  * saves, and the VM is stopped unless --keep-running (then it runs until
  * it ends). A disk is a chain base:...:top; each file's format is found
  * from its magic (qcow2 or raw). Exit: 0 ok, 1 error, 2 timeout, 3 the
@@ -94,6 +95,19 @@ static int wait_marker(double timeout_ms)
 	}
 	pthread_mutex_unlock(&lock);
 	return r;
+}
+
+static void type_input(struct ovm_vm *vm, const char *input)
+{
+	size_t len = strlen(input), off = 0;
+	double dl = now_ms() + 5000;
+	while (off < len && now_ms() < dl) {
+		int n = ovm_vm_serial_input(vm, 0, (const uint8_t *)input + off, len - off);
+		if (n > 0)
+			off += (size_t)n;
+		else
+			usleep(1000);
+	}
 }
 
 static void usage(void)
@@ -230,6 +244,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	int status = 0;
+	if (input && restore)
+		type_input(vm, input);
 	if (marker) {
 		int w = wait_marker(timeout_s * 1000);
 		if (w == 1) {
@@ -241,17 +257,8 @@ int main(int argc, char **argv)
 			status = w == 0 ? 3 : 2;
 		}
 	}
-	if (!status && input) {
-		size_t len = strlen(input), off = 0;
-		double dl = now_ms() + 5000;
-		while (off < len && now_ms() < dl) {
-			int n = ovm_vm_serial_input(vm, 0, (const uint8_t *)input + off, len - off);
-			if (n > 0)
-				off += (size_t)n;
-			else
-				usleep(1000);
-		}
-	}
+	if (!status && input && !restore)
+		type_input(vm, input);
 	if (!status && snapdir) {
 		struct ovm_snap_stats st;
 		if (ovm_vm_snapshot(vm, snapdir, &st, &err)) {
