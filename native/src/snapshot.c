@@ -300,6 +300,10 @@ static int save_vcpu(struct ovm_vm *vm, struct ovm_vcpu *c, struct ovm_buf *b, s
 		free(cpuid);
 		return ovm_errf(err, errno, "snapshot: vCPU %d: KVM_GET_CPUID2: %s", c->id, strerror(errno));
 	}
+	/* Some kernels (seen on 6.1) leave nent as we passed it: drop the unused, all-zero tail. */
+	static const struct kvm_cpuid_entry2 zero_entry;
+	while (cpuid->nent > 1 && !memcmp(&cpuid->entries[cpuid->nent - 1], &zero_entry, sizeof zero_entry))
+		cpuid->nent--;
 	uint32_t clen = (uint32_t)(sizeof *cpuid + cpuid->nent * sizeof(struct kvm_cpuid_entry2));
 	int rc = put_blob(b, cpuid, clen);
 	free(cpuid);
@@ -621,7 +625,8 @@ static int restore_vcpu(struct ovm_vm *vm, struct ovm_rd *r, struct ovm_err *err
 	if (!rc && sizeof *cpuid + cpuid->nent * sizeof(struct kvm_cpuid_entry2) != clen)
 		rc = ovm_errf(err, EINVAL, "restore: CPUID table says %u entries in %u bytes", cpuid->nent, clen);
 	if (!rc && ioctl(fd, KVM_SET_CPUID2, cpuid) < 0)
-		rc = ovm_errf(err, errno, "restore: vCPU %u: KVM_SET_CPUID2: %s", id, strerror(errno));
+		rc = ovm_errf(err, errno, "restore: vCPU %u: KVM_SET_CPUID2 (%u entries): %s", id, cpuid->nent,
+			      strerror(errno));
 	free(cpuid);
 	if (rc)
 		return rc;

@@ -55,7 +55,7 @@ fi
 echo OVM-READY
 read line
 echo "got:$line"
-if mountpoint -q /mnt; then
+if grep -q " /mnt " /proc/mounts; then
   echo "written after the restore" > /mnt/after.txt && sync && cat /mnt/after.txt && echo OVM-AFTER-OK
   umount /mnt
 fi
