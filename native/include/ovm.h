@@ -152,6 +152,29 @@ int ovm_disk_flush(struct ovm_disk *d, struct ovm_err *err);
 /* Flush and close; the qcow2 top passes `qemu-img check` afterwards. */
 void ovm_disk_close(struct ovm_disk *d);
 
+/* One qcow2 image (qcow2.c), the building block of a chain (disk.c).
+ * `backing` reads the image below at the same guest offset (zeros past its
+ * end); NULL means nothing is below (unallocated clusters read as zeros).
+ * Precondition: the caller serialises all calls on one image (disk.c holds
+ * the disk's mutex) and keeps offsets inside ovm_qcow2_size(). */
+typedef int (*ovm_backing_read_fn)(void *ctx, uint64_t off, void *buf, size_t len, struct ovm_err *err);
+struct ovm_qcow2;
+/* Takes ownership of fd (closed by ovm_qcow2_close, or on failure). */
+int ovm_qcow2_open(struct ovm_qcow2 **out, int fd, const char *path, bool writable, struct ovm_err *err);
+uint64_t ovm_qcow2_size(const struct ovm_qcow2 *q);
+/* The backing file name from the header, or NULL when there is none. */
+const char *ovm_qcow2_backing(const struct ovm_qcow2 *q);
+int ovm_qcow2_read(struct ovm_qcow2 *q, uint64_t off, void *buf, size_t len, ovm_backing_read_fn backing,
+		   void *ctx, struct ovm_err *err);
+/* Copy-on-write into this image: clusters not yet owned here are allocated
+ * whole, the rest of the cluster copied up through `backing`. */
+int ovm_qcow2_write(struct ovm_qcow2 *q, uint64_t off, const void *buf, size_t len,
+		    ovm_backing_read_fn backing, void *ctx, struct ovm_err *err);
+/* Data, then refcounts, then L2 tables, then L1, each stage fdatasync'd. */
+int ovm_qcow2_flush(struct ovm_qcow2 *q, struct ovm_err *err);
+/* Flushes (a failure is reported through err) and frees. */
+int ovm_qcow2_close(struct ovm_qcow2 *q, struct ovm_err *err);
+
 /* ------------------------------------------------------------- devices */
 
 /* A device the VM owns. Each saves and restores its own state (Firecracker's
@@ -168,8 +191,10 @@ struct ovm_device_ops {
 
 /* The PCI host bridge on conf1 (ports 0xCF8..0xCFF), bus 0. Devices get
  * consecutive slots; BARs are 32-bit memory BARs allocated in the MMIO
- * hole from OVM_PCI_MMIO_BASE. INTx: slot s uses GSI (OVM_PCI_IRQ_BASE + s % 4)
- * reported in config-space INTERRUPT_LINE; virtio-pci also offers MSI-X. */
+ * hole from OVM_PCI_MMIO_BASE. INTx: slot s (1..) uses GSI 5, 9, 10, 11,
+ * 5, ... (ovm_pci_gsi), reported in config-space INTERRUPT_LINE; IRQ 8 is
+ * the RTC's, so the first form (OVM_PCI_IRQ_BASE + s % 4) was dropped.
+ * virtio-pci also offers MSI-X. */
 #define OVM_PCI_MMIO_BASE 0xD0000000ull
 #define OVM_PCI_IRQ_BASE 5
 
@@ -195,6 +220,82 @@ int ovm_pci_load(struct ovm_pci *pci, struct ovm_rd *in, struct ovm_err *err);
 /* Flush every block device (before a snapshot or at stop). */
 int ovm_pci_flush(struct ovm_pci *pci, struct ovm_err *err);
 
+/* GSI of a device's INTx line in slot `slot` (>= 1). */
+uint32_t ovm_pci_gsi(int slot);
+
+/* A device on the bridge (the interface between pci.c and virtio_pci.c).
+ * The device fills cfg (ids, class, capabilities), wmask (the bits the
+ * guest may write in its capabilities; pci.c owns the header's), bar_size
+ * and ops; ovm_pci_add assigns the slot, the BAR addresses and
+ * INTERRUPT_LINE/PIN. BARs are 32-bit memory BARs whose size is a power of
+ * two >= 4096; a BAR is live on the MMIO bus while COMMAND.MEM is set. */
+#define OVM_PCI_BARS 6
+struct ovm_pci_dev;
+struct ovm_pci_dev_ops {
+	/* An access inside BAR `bar` (off relative to it); decoding is on. */
+	int (*bar_io)(struct ovm_pci_dev *dev, int bar, uint64_t off, uint8_t *data, uint32_t len, bool is_write);
+	/* Optional: before the guest reads config bytes [off, off+len). */
+	void (*cfg_read)(struct ovm_pci_dev *dev, uint32_t off, uint32_t len);
+	/* Optional: after the guest wrote config bytes [off, off+len). */
+	void (*cfg_written)(struct ovm_pci_dev *dev, uint32_t off, uint32_t len);
+	int (*save)(struct ovm_pci_dev *dev, struct ovm_buf *out, struct ovm_err *err);
+	int (*load)(struct ovm_pci_dev *dev, struct ovm_rd *in, struct ovm_err *err);
+	int (*flush)(struct ovm_pci_dev *dev, struct ovm_err *err);
+	void (*destroy)(struct ovm_pci_dev *dev);
+};
+struct ovm_pci_bar_ref {
+	struct ovm_pci_dev *dev;
+	int bar;
+};
+struct ovm_pci_dev {
+	uint8_t cfg[256];
+	uint8_t wmask[256];
+	uint32_t bar_size[OVM_PCI_BARS];
+	uint64_t bar_mapped[OVM_PCI_BARS]; /* where the BAR sits on the MMIO bus */
+	struct ovm_pci_bar_ref bar_ref[OVM_PCI_BARS];
+	const struct ovm_pci_dev_ops *ops;
+	struct ovm_pci *pci;
+	int slot;
+	uint32_t gsi;
+	int intx_level;
+	const char *name;
+};
+/* Put `dev` in the next slot; the bridge owns it from now on (ops->destroy). */
+int ovm_pci_add(struct ovm_pci *pci, struct ovm_pci_dev *dev, struct ovm_err *err);
+/* Drive INTx (level 0/1); held low while COMMAND.INTX_DISABLE is set. */
+void ovm_pci_intx(struct ovm_pci_dev *dev, int level);
+/* The interrupt sink the bridge was created with (for MSI). */
+const struct ovm_irq *ovm_pci_irq(const struct ovm_pci *pci);
+
+/* The virtio-pci modern transport (virtio_pci.c) and a device behind it
+ * (virtio_blk.c). The transport owns feature negotiation, the status
+ * machine, the queues and MSI-X; the device serves queues and its config. */
+struct ovm_virtio;
+struct ovm_virtio_ops {
+	const char *name;
+	uint16_t device_id;  /* virtio id: 2 = block (PCI device 0x1040 + id) */
+	uint64_t features;   /* offered; VIRTIO_F_VERSION_1 is added */
+	uint32_t config_len; /* bytes of device config */
+	int num_queues;
+	uint16_t queue_max;
+	/* Device config access at off (< config_len, len 1/2/4/8). */
+	void (*config_rw)(void *dev, uint32_t off, uint8_t *data, uint32_t len, bool is_write);
+	/* Queue q was notified while DRIVER_OK and ready: pop, serve, push,
+	 * then ovm_virtio_interrupt(). Returns -errno only for a VMM fault. */
+	int (*notify)(void *dev, struct ovm_virtio *t, int q);
+	int (*flush)(void *dev, struct ovm_err *err);
+	void (*destroy)(void *dev);
+};
+int ovm_virtio_pci_create(struct ovm_pci *pci, const struct ovm_mem *mem, const struct ovm_virtio_ops *ops,
+			  void *dev, struct ovm_virtio **out, struct ovm_err *err);
+struct ovm_vq *ovm_virtio_queue(struct ovm_virtio *t, int q);
+const struct ovm_mem *ovm_virtio_mem(struct ovm_virtio *t);
+uint64_t ovm_virtio_driver_features(struct ovm_virtio *t);
+/* Tell the driver queue q has used buffers (MSI-X vector or INTx + ISR). */
+int ovm_virtio_interrupt(struct ovm_virtio *t, int q);
+/* Mark the device broken (DEVICE_NEEDS_RESET) with a config interrupt. */
+void ovm_virtio_fail(struct ovm_virtio *t, const char *why);
+
 /* The split virtqueue, apart from the transport so it can be unit-tested
  * with hostile descriptor tables. */
 struct ovm_vq {
@@ -214,6 +315,8 @@ struct ovm_vq_seg {
 };
 
 #define OVM_VQ_MAX_SEGS 256
+/* *head after a failed pop when no valid head could be read (queue heads are < 1024). */
+#define OVM_VQ_NO_HEAD 0xFFFFu
 
 /* Pop the next available chain: returns 1 and fills segs/nsegs/head, 0
  * when the ring is empty, -EINVAL (message says why) for a chain that

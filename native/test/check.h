@@ -5,6 +5,7 @@
 #define OVM_TEST_CHECK_H
 #include <stdio.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 /* No format attribute on purpose: CHECK(cond) without a message passes "". */
@@ -32,9 +33,12 @@ static int check_failures, check_count;
 /* Abort the test binary (a setup step failed and nothing later can run). */
 #define REQUIRE(cond, ...)                                                                      \
 	do {                                                                                    \
-		CHECK(cond, __VA_ARGS__);                                                       \
-		if (!(cond))                                                                    \
+		bool req_ok_ = (cond); /* evaluated once */                                     \
+		CHECK(req_ok_, __VA_ARGS__);                                                    \
+		if (!req_ok_) {                                                                 \
+			fprintf(stderr, "  (required: %s)\n", #cond);                              \
 			exit(2);                                                                \
+		}                                                                               \
 	} while (0)
 
 static inline int check_done(const char *name)
