@@ -26,9 +26,6 @@
 
 #include "ovm.h"
 
-#pragma weak ovm_pci_save
-#pragma weak ovm_pci_load
-#pragma weak ovm_pci_flush
 
 #define HDR_LEN 108
 enum { SEC_VM = 1, SEC_VCPU = 2, SEC_SERIAL0 = 3, SEC_SERIAL1 = 4, SEC_I8042 = 5, SEC_PCI = 6 };
@@ -809,7 +806,7 @@ int ovm_vm_restore(struct ovm_vm **out, const struct ovm_vm_config *cfg, const c
 		case SEC_SERIAL1: rc = ovm_serial_load(vm->com[1], &s, err); break;
 		case SEC_I8042: rc = ovm_i8042_load(vm->kbd, &s, err); break;
 		case SEC_PCI:
-			if (!vm->pci || !ovm_pci_load)
+			if (!vm->pci)
 				rc = ovm_errf(err, ENOTSUP, "restore: the snapshot has PCI state, this VM has no PCI bus");
 			else
 				rc = ovm_pci_load(vm->pci, &s, err);

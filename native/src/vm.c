@@ -32,12 +32,6 @@
 
 #include "ovm.h"
 
-/* Until the PCI/virtio files are merged from kvm-block: link without them. */
-#pragma weak ovm_pci_create
-#pragma weak ovm_pci_destroy
-#pragma weak ovm_pci_flush
-#pragma weak ovm_disk_open
-#pragma weak ovm_virtio_blk_add
 
 const char *ovm_exit_name(enum ovm_exit_reason r)
 {
@@ -235,12 +229,8 @@ int ovm_vm_init_common(struct ovm_vm *vm, const struct ovm_vm_config *cfg, uint6
 	if ((rc = ovm_i8042_create(&vm->kbd, &vm->pio, &vm->irq, kbd_reset, vm, err)))
 		return rc;
 
-	if (!ovm_pci_create) {
-		if (cfg->ndisks)
-			return ovm_errf(err, ENOTSUP, "disks: this build has no PCI/virtio-blk (pci.c not linked)");
-	} else if ((rc = ovm_pci_create(&vm->pci, &vm->pio, &vm->mmio, &vm->irq, err))) {
+	if ((rc = ovm_pci_create(&vm->pci, &vm->pio, &vm->mmio, &vm->irq, err)))
 		return rc;
-	}
 	for (int i = 0; i < cfg->ndisks; i++) {
 		const struct ovm_disk_config *dc = &cfg->disks[i];
 		struct ovm_disk *d;
