@@ -27,6 +27,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 
@@ -110,6 +111,59 @@ void ovm_vm_end(struct ovm_vm *vm, enum ovm_exit_reason reason, const char *fmt,
 		vm->cfg.on_exit(vm->cfg.opaque, reason, vm->detail);
 }
 
+static void kick_handler(int sig);
+static int check_caps(int kvm_fd, struct ovm_err *err);
+
+/* The probe guest runs the way a real boot does (irqchip, CPUID, long
+ * mode through our GDT and page tables) and writes 'K' to 0x3f8 then
+ * 'K' to 0x3f9: `mov dx,0x3f8; mov al,'K'; out dx,al; mov dx,0x3f9; out
+ * dx,al; jmp $`. */
+struct probe {
+	int vcpu;
+	struct kvm_run *run;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+	int result;
+	char why[160];
+};
+
+static void *probe_main(void *arg)
+{
+	struct probe *p = arg;
+	sigset_t set;
+	sigfillset(&set);
+	sigdelset(&set, SIGRTMIN + 2);
+	pthread_sigmask(SIG_SETMASK, &set, NULL);
+	int result = 0, outs = 0;
+	char why[160] = "";
+	while (outs < 2) {
+		if (ioctl(p->vcpu, KVM_RUN, 0) < 0) {
+			result = errno;
+			snprintf(why, sizeof why, "KVM_RUN of a test guest failed: %s", strerror(errno));
+			break;
+		}
+		if (p->run->exit_reason == KVM_EXIT_IO && p->run->io.port == 0x3f8 + outs &&
+		    *((uint8_t *)p->run + p->run->io.data_offset) == 'K') {
+			outs++;
+			continue;
+		}
+		result = EIO;
+		snprintf(why, sizeof why, "a test guest exited with reason %u instead of running its code",
+			 p->run->exit_reason);
+		break;
+	}
+	pthread_mutex_lock(&p->lock);
+	p->result = result;
+	snprintf(p->why, sizeof p->why, "%s", why);
+	p->done = true;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+#define PROBE_MEM (2u << 20)
+
 const char *ovm_kvm_unavailable(char *buf, size_t len)
 {
 	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -118,12 +172,125 @@ const char *ovm_kvm_unavailable(char *buf, size_t len)
 		return buf;
 	}
 	int v = ioctl(fd, KVM_GET_API_VERSION, 0);
-	close(fd);
 	if (v != KVM_API_VERSION) {
+		close(fd);
 		snprintf(buf, len, "/dev/kvm speaks KVM API %d, not %d", v, KVM_API_VERSION);
 		return buf;
 	}
-	return NULL;
+	struct ovm_err err = {0};
+	if (check_caps(fd, &err)) {
+		close(fd);
+		snprintf(buf, len, "%s", err.msg);
+		return buf;
+	}
+	/* kvm-pvm (paravirtual VMs without VT-x/SVM) serves /dev/kvm but boots
+	 * only PVM-enabled guest kernels: a stock kernel hangs at once. */
+	if (access("/sys/module/kvm_pvm", F_OK) == 0 && access("/sys/module/kvm_intel", F_OK) != 0 &&
+	    access("/sys/module/kvm_amd", F_OK) != 0) {
+		close(fd);
+		snprintf(buf, len, "/dev/kvm is kvm-pvm (no VT-x/SVM here), which runs only PVM-enabled guest kernels; "
+				   "stock kernels hang on it");
+		return buf;
+	}
+	/* Opening is not enough (a broken nested KVM opens and then hangs its
+	 * guests): run a few instructions in long mode, with a deadline. */
+	const char *fail = NULL;
+	struct kvm_cpuid2 *cpuid = NULL;
+	int vm = ioctl(fd, KVM_CREATE_VM, 0), vcpu = -1;
+	uint8_t *host = mmap(NULL, PROBE_MEM, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct kvm_run *run = MAP_FAILED;
+	int rs = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	uint64_t idmap = OVM_IDENTITY_MAP_ADDR;
+	if (vm < 0 || host == MAP_FAILED || rs <= 0 || ioctl(vm, KVM_SET_TSS_ADDR, (unsigned long)OVM_TSS_ADDR) < 0 ||
+	    ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0 || ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0) {
+		fail = "cannot create a test VM";
+		goto out;
+	}
+	struct ovm_mem mem = {host, PROBE_MEM};
+	static const uint8_t code[] = {0x66, 0xba, 0xf8, 0x03, 0xb0, 'K', 0xee, 0x66, 0xba, 0xf9, 0x03, 0xee, 0xeb, 0xfe};
+	memcpy(host + 0x1000, code, sizeof code);
+	struct kvm_userspace_memory_region r = {.slot = 0, .guest_phys_addr = 0, .memory_size = PROBE_MEM,
+						.userspace_addr = (uint64_t)(uintptr_t)host};
+	struct ovm_x86_boot boot = {.entry = 0x1000, .zero_page = 0};
+	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r) < 0 || (vcpu = ioctl(vm, KVM_CREATE_VCPU, 0)) < 0 ||
+	    ovm_x86_write_gdt(&mem, &err) || ovm_x86_write_page_tables(&mem, &err) ||
+	    ovm_x86_supported_cpuid(fd, &cpuid, &err) || ovm_x86_set_cpuid(vcpu, cpuid, 0, &err) ||
+	    ovm_x86_setup_vcpu(vcpu, 0, &boot, &err)) {
+		snprintf(buf, len, "/dev/kvm does not work: cannot set up a test vCPU: %s", err.msg[0] ? err.msg : strerror(errno));
+		fail = buf;
+		goto out;
+	}
+	run = mmap(NULL, (size_t)rs, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+	if (run == MAP_FAILED) {
+		fail = "cannot map a test vCPU";
+		goto out;
+	}
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = kick_handler;
+	sigaction(SIGRTMIN + 2, &sa, NULL);
+	struct probe *p = calloc(1, sizeof *p); /* leaked if the probe thread never returns */
+	p->vcpu = vcpu;
+	p->run = run;
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->cond, NULL);
+	pthread_t t;
+	if (pthread_create(&t, NULL, probe_main, p)) {
+		free(p);
+		fail = "cannot start a probe thread";
+		goto out;
+	}
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 3;
+	pthread_mutex_lock(&p->lock);
+	while (!p->done && pthread_cond_timedwait(&p->cond, &p->lock, &dl) != ETIMEDOUT)
+		;
+	bool done = p->done;
+	pthread_mutex_unlock(&p->lock);
+	if (!done) {
+		__atomic_store_n(&run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+		pthread_kill(t, SIGRTMIN + 2);
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += 1;
+		pthread_mutex_lock(&p->lock);
+		while (!p->done && pthread_cond_timedwait(&p->cond, &p->lock, &dl) != ETIMEDOUT)
+			;
+		done = p->done;
+		pthread_mutex_unlock(&p->lock);
+		snprintf(buf, len, "/dev/kvm opens but its guests do not run (a test guest in long mode did not reach "
+				   "its second instruction in 3 s: a broken nested KVM?)");
+		fail = buf;
+		if (!done) {
+			pthread_detach(t);
+			free(cpuid);
+			return buf; /* the thread still uses the fds and memory: leave them */
+		}
+		pthread_join(t, NULL);
+	} else {
+		pthread_join(t, NULL);
+		if (p->result) {
+			snprintf(buf, len, "/dev/kvm does not work: %s", p->why);
+			fail = buf;
+		}
+	}
+	pthread_mutex_destroy(&p->lock);
+	pthread_cond_destroy(&p->cond);
+	free(p);
+out:
+	if (fail && fail != buf)
+		snprintf(buf, len, "/dev/kvm does not work: %s", fail);
+	free(cpuid);
+	if (run != MAP_FAILED)
+		munmap(run, (size_t)rs);
+	if (vcpu >= 0)
+		close(vcpu);
+	if (vm >= 0)
+		close(vm);
+	if (host != MAP_FAILED)
+		munmap(host, PROBE_MEM);
+	close(fd);
+	return fail ? buf : NULL;
 }
 
 static void kick_handler(int sig) { (void)sig; }
