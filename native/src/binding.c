@@ -40,6 +40,7 @@ struct jvm {
 	enum ovm_exit_reason reason;
 	char detail[OVM_ERR_MAX];
 	bool exit_delivered;
+	int refs; /* the JS handle and the threadsafe function; freed by the last finalizer (JS thread) */
 };
 
 enum { EV_SERIAL = 1, EV_EXIT = 2 };
@@ -298,14 +299,20 @@ static bool get_disks(napi_env env, napi_value cfgv, struct ovm_vm_config *cfg, 
 
 /* ---- handle */
 
-static void finalize_tsfn(napi_env env, void *data, void *hint)
+static void unref_jvm(struct jvm *j)
 {
-	(void)env; (void)hint;
-	struct jvm *j = data;
+	if (--j->refs > 0)
+		return;
 	pthread_mutex_destroy(&j->lock);
 	free(j->out[0].data);
 	free(j->out[1].data);
 	free(j);
+}
+
+static void finalize_tsfn(napi_env env, void *data, void *hint)
+{
+	(void)env; (void)hint;
+	unref_jvm(data);
 }
 
 static void destroy_vm(struct jvm *j)
@@ -323,6 +330,7 @@ static void finalize_handle(napi_env env, void *data, void *hint)
 {
 	(void)env; (void)hint;
 	destroy_vm(data);
+	unref_jvm(data);
 }
 
 static struct jvm *handle_of(napi_env env, napi_value v)
@@ -366,6 +374,7 @@ static napi_value js_create(napi_env env, napi_callback_info info)
 	}
 	struct jvm *j = calloc(1, sizeof *j);
 	pthread_mutex_init(&j->lock, NULL);
+	j->refs = 1; /* the threadsafe function's; the handle's is added when it exists */
 	cfg.kernel = kernel;
 	cfg.initrd = initrd;
 	cfg.cmdline = cmdline;
@@ -392,7 +401,11 @@ static napi_value js_create(napi_env env, napi_callback_info info)
 		return throw_err(env, rc, err.msg);
 	}
 	napi_value ext;
-	CALL(env, napi_create_external(env, j, finalize_handle, NULL, &ext));
+	if (napi_create_external(env, j, finalize_handle, NULL, &ext) != napi_ok) {
+		destroy_vm(j);
+		return throw_err(env, ENOMEM, "cannot create the VM handle");
+	}
+	j->refs++;
 	return ext;
 }
 
