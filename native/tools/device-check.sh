@@ -100,6 +100,10 @@ if [[ -x "$VMM" ]]; then
   step boot-disk-snapshot 180 "$VMM" boot --kernel "$K" --initrd "$I" --cmdline "$CMD" --mem 256 \
     "${DISK[@]}" --until OVM-READY --snapshot "$SNAP" --timeout 150
   ls -las "$SNAP" >>"$LOG" 2>&1
+  # The disk as it was at the snapshot: every restore starts from a fresh copy of it
+  # (a restored guest must never see writes made after its snapshot).
+  [[ ${#DISK[@]} -gt 0 ]] && cp "$WORK/overlay.qcow2" "$WORK/overlay-at-snapshot.qcow2"
+  fresh_disk() { [[ ${#DISK[@]} -gt 0 ]] && cp "$WORK/overlay-at-snapshot.qcow2" "$WORK/overlay.qcow2"; return 0; }
   if [[ ${#DISK[@]} -gt 0 ]]; then
     expect "$LOG" "OVM-DISK-WRITE-OK" && SUMMARY+=("PASS  disk read+write before snapshot") \
       || { SUMMARY+=("FAIL  disk read+write before snapshot"); FAILED=$((FAILED + 1)); }
@@ -107,18 +111,21 @@ if [[ -x "$VMM" ]]; then
   # 3. Restore in a fresh process: type a line; the guest answers, writes to the disk, powers off.
   MARK="got:hello"
   [[ ${#DISK[@]} -gt 0 ]] && MARK="OVM-AFTER-OK"
+  fresh_disk
   step restore-continue 120 "$VMM" restore "$SNAP" "${DISK[@]}" --input 'hello\n' --until "$MARK" \
     --keep-running --timeout 100
   tail -n 30 "$LOG" | grep -q 'final=poweroff' && SUMMARY+=("PASS  restored guest powered off cleanly") \
     || { SUMMARY+=("FAIL  restored guest did not end with poweroff"); FAILED=$((FAILED + 1)); }
   # 4. Restore twice more for timings (killed at the marker).
   for n in 1 2; do
+    fresh_disk
     step "restore-to-marker-$n" 60 "$VMM" restore "$SNAP" "${DISK[@]}" --input 'again\n' --until "got:again" \
       --timeout 50
   done
   # 5. A damaged snapshot is refused with a reason.
   BAD="$WORK/bad"
   mkdir -p "$BAD" && cp "$SNAP/state.bin" "$BAD/" && ln -sf "$SNAP/memory.raw" "$BAD/memory.raw"
+  fresh_disk
   printf '\x55' | dd of="$BAD/state.bin" bs=1 seek=200 conv=notrunc status=none
   say ""
   say "=== refuse-damaged"
