@@ -6,7 +6,8 @@
 #   writes before.txt and prints OVM-DISK-WRITE-OK; starts a counter printing
 #   "tick N" every second; prints OVM-READY and waits for a line on the console;
 #   then prints "got:LINE", writes after.txt to the disk (OVM-AFTER-OK) and
-#   powers off two seconds later.
+#   powers off two seconds later. With `ovm.spin` on the kernel command line it
+#   prints OVM-SPINNING instead and spins forever without a single VM exit.
 # Usage: native/tools/mkinitramfs.sh KERNEL_ROOT OUT.cpio.gz
 #   KERNEL_ROOT: an unpacked linux-image package (lib/modules/VERSION/kernel/...)
 set -euo pipefail
@@ -50,6 +51,10 @@ if [ -b /dev/vda ]; then
   else
     echo OVM-DISK-MOUNT-FAILED
   fi
+fi
+if grep -q ovm.spin /proc/cmdline; then
+  echo OVM-SPINNING
+  while :; do :; done
 fi
 ( i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 1; done ) &
 echo OVM-READY

@@ -128,6 +128,29 @@ describe.skipIf(Boolean(skip))('kvm engine (real /dev/kvm)', () => {
     expect(execFileSync('debugfs', ['-R', 'cat /after.txt', raw], {encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore']})).toBe('written after the restore\n')
   }, 400_000)
 
+  it('pauses, resumes and stops a guest that spins without ever leaving KVM_RUN', async () => {
+    const vm = await engine.boot({...spec, cmdline: `${CMDLINE} ovm.spin`, disks: [], workDir: join(work, 'spin')})
+    const lines: string[] = []
+    vm.on((e) => {
+      if (e.type === 'console') lines.push(e.line)
+    })
+    await until(() => lines.includes('OVM-SPINNING') || vm.state === 'stopped', 200_000, 'OVM-SPINNING')
+    expect(lines).toContain('OVM-SPINNING')
+    let t = Date.now()
+    await vm.pause()
+    expect(vm.state).toBe('paused')
+    await vm.resume()
+    expect(vm.state).toBe('running')
+    const pauseResumeMs = Date.now() - t
+    t = Date.now()
+    const status = await vm.stop()
+    const stopMs = Date.now() - t
+    expect(status.reason).toBe('stopped')
+    expect(vm.state).toBe('stopped')
+    expect(stopMs).toBeLessThan(10_000) // a kick, not a timeout (generous for nested TCG)
+    console.log(`kvm: pause+resume of a spinning guest ${pauseResumeMs} ms, stop ${stopMs} ms`)
+  }, 300_000)
+
   it('refuses a damaged snapshot, naming the reason', async () => {
     const bad = join(work, 'bad')
     mkdirSync(bad, {recursive: true})
