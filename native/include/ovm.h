@@ -396,6 +396,11 @@ int ovm_x86_write_page_tables(const struct ovm_mem *mem, struct ovm_err *err);
  * 0xa09b 64-bit code, 0xc093 data, 0x808b TSS). */
 uint64_t ovm_x86_gdt_entry(uint16_t flags, uint32_t base, uint32_t limit);
 
+/* An MP table (Intel MP spec 1.4, arch/x86_64/mptable.c) at OVM_BOOT_EBDA
+ * for `ncpus` CPUs, the IOAPIC and INTA of PCI slots 1..npci, so that Linux
+ * without ACPI starts the APs. Written only when ncpus > 1. */
+int ovm_x86_write_mptable(const struct ovm_mem *mem, int ncpus, int npci, struct ovm_err *err);
+
 /* ---- x86 CPU setup (arch/x86_64/cpu.c), on a vCPU fd */
 
 struct kvm_cpuid2;
@@ -437,10 +442,8 @@ void ovm_i8042_destroy(struct ovm_i8042 *k);
 
 /* ---- the VM */
 
-/* One vCPU for now: Linux without ACPI finds APs only through an MP table,
- * which we do not write yet (it also has to route PCI INTx through the
- * IOAPIC). */
-#define OVM_MAX_VCPUS 1
+/* Up to 8 vCPUs: with more than one, an MP table tells Linux about the APs. */
+#define OVM_MAX_VCPUS 8
 #define OVM_MAX_DISKS 8
 #define OVM_MAX_CHAIN 16
 

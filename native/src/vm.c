@@ -328,8 +328,7 @@ int ovm_vm_init_common(struct ovm_vm *vm, const struct ovm_vm_config *cfg, uint6
 	if (mem_bytes > (1ull << 40))
 		return ovm_errf(err, EINVAL, "memory: %llu MiB is more than 1 TiB", (unsigned long long)(mem_bytes >> 20));
 	if (ncpus < 1 || ncpus > OVM_MAX_VCPUS)
-		return ovm_errf(err, EINVAL, "cpus: %d; this engine runs 1 to %d vCPUs (no MP table yet)", ncpus,
-				OVM_MAX_VCPUS);
+		return ovm_errf(err, EINVAL, "cpus: %d; this engine runs 1 to %d vCPUs", ncpus, OVM_MAX_VCPUS);
 	vm->ncpus = ncpus;
 
 	/* The kick signal interrupts KVM_RUN: no SA_RESTART. */
@@ -471,6 +470,8 @@ int ovm_vm_create(struct ovm_vm **out, const struct ovm_vm_config *cfg, struct o
 					&boot, err);
 	free(kernel);
 	free(initrd);
+	if (!rc && vm->ncpus > 1)
+		rc = ovm_x86_write_mptable(&vm->mem, vm->ncpus, cfg->ndisks, err);
 	for (int i = 0; !rc && i < vm->ncpus; i++) {
 		rc = ovm_x86_set_cpuid(vm->vcpu[i].fd, vm->cpuid, i, err);
 		if (!rc)

@@ -44,6 +44,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules.order); do insmod /lib/modules/$m.ko 2>/dev/null; done
 echo OVM-BOOTED
+echo "cpus: $(grep -c ^processor /proc/cpuinfo)"
 if [ -b /dev/vda ]; then
   if mount -t ext4 /dev/vda /mnt; then
     echo "disk says: $(cat /mnt/hello.txt)"

@@ -1,7 +1,7 @@
 /* ovm-vmm — the VMM core as a stand-alone program (no Node), for device
  * checks and benchmarks.
  *
- *   ovm-vmm boot --kernel K [--initrd I] [--cmdline C] [--mem MiB]
+ *   ovm-vmm boot --kernel K [--initrd I] [--cmdline C] [--mem MiB] [--cpus N]
  *                [--disk PATH[:PATH...][,ro]]... [--until TEXT] [--input TEXT]
  *                [--snapshot DIR] [--timeout SEC] [--keep-running]
  *   ovm-vmm restore DIR [--disk ...] [--until TEXT] [--input TEXT] [--timeout SEC] [--keep-running]
@@ -113,7 +113,7 @@ static void type_input(struct ovm_vm *vm, const char *input)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: ovm-vmm boot --kernel K [--initrd I] [--cmdline C] [--mem MiB] [--disk PATH[:PATH...][,ro]]...\n"
+		"usage: ovm-vmm boot --kernel K [--initrd I] [--cmdline C] [--mem MiB] [--cpus N] [--disk PATH[:PATH...][,ro]]...\n"
 		"                    [--until TEXT] [--input TEXT] [--snapshot DIR] [--timeout SEC] [--keep-running]\n"
 		"       ovm-vmm restore DIR [--disk ...] [--until TEXT] [--input TEXT] [--timeout SEC] [--keep-running]\n");
 }
@@ -203,6 +203,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--initrd")) cfg.initrd = v;
 		else if (!strcmp(a, "--cmdline")) cfg.cmdline = v;
 		else if (!strcmp(a, "--mem")) cfg.mem_bytes = strtoull(v, NULL, 10) << 20;
+		else if (!strcmp(a, "--cpus")) cfg.ncpus = atoi(v);
 		else if (!strcmp(a, "--until")) marker = v;
 		else if (!strcmp(a, "--input")) { input = strdup(v); unescape(input); }
 		else if (!strcmp(a, "--snapshot")) snapdir = v;

@@ -128,14 +128,17 @@ describe.skipIf(Boolean(skip))('kvm engine (real /dev/kvm)', () => {
     expect(execFileSync('debugfs', ['-R', 'cat /after.txt', raw], {encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore']})).toBe('written after the restore\n')
   }, 400_000)
 
-  it('pauses, resumes and stops a guest that spins without ever leaving KVM_RUN', async () => {
-    const vm = await engine.boot({...spec, cmdline: `${CMDLINE} ovm.spin`, disks: [], workDir: join(work, 'spin')})
+  it('boots 2 vCPUs; pauses, resumes and stops a guest that spins without ever leaving KVM_RUN', async () => {
+    const vm = await engine.boot({...spec, cpus: 2, cmdline: `${CMDLINE} ovm.spin`, disks: [], workDir: join(work, 'spin')})
     const lines: string[] = []
     vm.on((e) => {
       if (e.type === 'console') lines.push(e.line)
     })
     await until(() => lines.includes('OVM-SPINNING') || vm.state === 'stopped', 200_000, 'OVM-SPINNING')
     expect(lines).toContain('OVM-SPINNING')
+    expect(lines, 'the guest sees both vCPUs (MP table)').toContain('cpus: 2')
+    await expect(vm.snapshot(join(work, 'smp-snap'))).rejects.toThrow(/2 vCPUs cannot be snapshotted yet/)
+    expect(vm.state, 'a refused snapshot leaves the VM running').toBe('running')
     let t = Date.now()
     await vm.pause()
     expect(vm.state).toBe('paused')
@@ -175,7 +178,7 @@ describe('kvm engine (anywhere)', () => {
   })
   it('refuses what it does not emulate, by name', async () => {
     const s: BootSpec = {kernel: '/k', cmdline: '', memoryMiB: 256, cpus: 2, disks: [], devices: [], workDir: work}
-    await expect(engine.boot(s)).rejects.toThrow(/1 vCPU for now, 2 asked for/)
+    await expect(engine.boot({...s, cpus: 9})).rejects.toThrow(/1 to 8 vCPUs, 9 asked for/)
     await expect(engine.boot({...s, cpus: 1, devices: [{type: 'ivshmem', name: 'm', size: 4096}]})).rejects.toThrow(/no ivshmem devices/)
     expect(await engine.checkSnapshot({formatVersion: 1, engine: 'qemu', engineVersion: '7.2.0', machine: 'pc', cpuModel: 'x', accel: 'tcg', memoryMiB: 1, cpus: 1, arch: 'x86_64'})).toMatch(
       /made by the qemu engine/,

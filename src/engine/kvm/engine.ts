@@ -142,8 +142,8 @@ function checkSpec(spec: BootSpec): void {
       'Run this artifact with the qemu engine (--engine qemu).',
     )
   }
-  if (spec.cpus !== 1) {
-    throw engineError('CPUS_UNSUPPORTED', `the kvm engine runs 1 vCPU for now, ${spec.cpus} asked for`, 'Use --cpus 1, or the qemu engine for more.')
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > 8) {
+    throw engineError('CPUS_UNSUPPORTED', `the kvm engine runs 1 to 8 vCPUs, ${spec.cpus} asked for`, 'Use --cpus 1 to 8 (1 for VMs you snapshot), or the qemu engine.')
   }
   if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 32) {
     throw engineError('MEMORY_INVALID', `memory ${spec.memoryMiB} MiB: give a whole number of MiB, at least 32`, 'Set memory to e.g. 256.')
