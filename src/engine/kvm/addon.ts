@@ -2,7 +2,7 @@
  * Loads ovm's native VMM addon (native/binding.gyp → native/build/Release/ovm_native.node).
  * `OVM_NATIVE_ADDON` names another build of it.
  */
-import {createRequire} from 'node:module'
+import {constants} from 'node:os'
 import {fileURLToPath} from 'node:url'
 
 /** A VM inside the addon (opaque). */
@@ -50,8 +50,10 @@ export function loadAddon(): {addon?: NativeAddon; error?: string} {
   if (cached) return cached
   const path = addonPath()
   try {
-    const req = createRequire(import.meta.url)
-    cached = {addon: req(path) as NativeAddon}
+    // RTLD_NOW: a symbol missing from the build fails here, not in the middle of a VM's life.
+    const m = {exports: {}} as {exports: unknown}
+    process.dlopen(m, path, constants.dlopen.RTLD_NOW)
+    cached = {addon: m.exports as NativeAddon}
   } catch (err) {
     cached = {error: `the native addon ${path} does not load (${(err as Error).message.split('\n')[0]}); build it with: npx node-gyp rebuild -C native --nodedir=/usr`}
   }
