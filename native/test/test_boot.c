@@ -179,6 +179,47 @@ static void test_load_debian(struct ovm_mem *mem)
 	free(k);
 }
 
+static void test_mptable(struct ovm_mem *mem)
+{
+	struct ovm_err err = {0};
+	REQUIRE(ovm_x86_write_mptable(mem, 4, 2, &err) == 0, "%s", err.msg);
+	uint8_t *fp = mem->host + OVM_BOOT_EBDA;
+	CHECK(!memcmp(fp, "_MP_", 4) && fp[8] == 1 && fp[9] == 4);
+	uint8_t s = 0;
+	for (int i = 0; i < 16; i++)
+		s = (uint8_t)(s + fp[i]);
+	CHECK(s == 0, "floating pointer checksum");
+	uint32_t ctp = rd32(fp + 4);
+	REQUIRE(ctp > OVM_BOOT_EBDA && ctp < 0xa0000);
+	uint8_t *ct = mem->host + ctp;
+	CHECK(!memcmp(ct, "PCMP", 4) && ct[6] == 4);
+	uint16_t len = rd16(ct + 4), n = rd16(ct + 34);
+	s = 0;
+	for (int i = 0; i < len; i++)
+		s = (uint8_t)(s + ct[i]);
+	CHECK(s == 0, "configuration table checksum");
+	CHECK(rd32(ct + 36) == 0xfee00000u, "LAPIC address");
+	int cpus = 0, bsp = 0, ioapic = 0, isa_ints = 0, pci_ints = 0, lints = 0;
+	uint8_t *e = ct + 44;
+	for (int i = 0; i < n; i++) {
+		switch (e[0]) {
+		case 0: cpus++; bsp += (e[3] & 2) ? 1 : 0; CHECK(e[1] == cpus - 1, "APIC IDs in order"); e += 20; break;
+		case 2: ioapic++; CHECK(e[1] == 4 && rd32(e + 4) == 0xfec00000u, "IOAPIC after the CPUs' IDs"); e += 8; break;
+		case 3:
+			if (e[4] == 1) isa_ints++;
+			else { pci_ints++; CHECK(e[7] == ovm_pci_gsi(e[5] >> 2) && rd16(e + 2) == 0x0f, "PCI INTA level/low on its GSI"); }
+			e += 8;
+			break;
+		case 4: lints++; e += 8; break;
+		default: e += 8; break;
+		}
+	}
+	CHECK(e == ct + len, "entries fill the table exactly");
+	CHECK(cpus == 4 && bsp == 1 && ioapic == 1 && pci_ints == 2 && lints == 2);
+	CHECK(isa_ints == 16 - 2, "ISA IRQs minus the two PCI GSIs (%d)", isa_ints);
+	CHECK(ovm_x86_write_mptable(mem, 0, 0, &err) == -EINVAL);
+}
+
 int main(void)
 {
 	struct ovm_mem mem = {mmap(NULL, 64 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), 64 * MiB};
@@ -188,5 +229,6 @@ int main(void)
 	test_tables(&mem);
 	test_load_fake(&mem);
 	test_load_debian(&mem);
+	test_mptable(&mem);
 	return check_done("test_boot");
 }
