@@ -328,6 +328,9 @@ int ovm_vq_pop(struct ovm_vq *vq, const struct ovm_mem *mem, struct ovm_vq_seg *
 /* Put `head` on the used ring with `written` bytes. */
 int ovm_vq_push(struct ovm_vq *vq, const struct ovm_mem *mem, uint16_t head, uint32_t written,
 		struct ovm_err *err);
+/* After pushing: false when the driver asked for no interrupt
+ * (VIRTQ_AVAIL_F_NO_INTERRUPT; EVENT_IDX is not offered). */
+bool ovm_vq_want_interrupt(const struct ovm_vq *vq, const struct ovm_mem *mem);
 
 /* ---- core ---- */
 /*

@@ -7,11 +7,14 @@
  * agree with the headers: a qcow2 with a backing file needs a layer below
  * it, one without must not have one; a raw image can only be the base.
  * All I/O on one disk is serialised by its mutex (a device may be driven
- * from several vCPU threads). */
+ * from several vCPU threads). Files are flock'ed: the writable top
+ * exclusively, everything else shared, so two VMs never write one image
+ * nor read one that another writes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -158,6 +161,15 @@ int ovm_disk_open(struct ovm_disk **out, const char *const *paths, const char *c
 		if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
 			close(fd);
 			rc = ovm_errf(err, EINVAL, "%s: not a regular file", path);
+			break;
+		}
+		/* One writer or many readers per file among ovm processes (flock;
+		 * QEMU's own OFD locks are separate). A file system without locks
+		 * (ENOLCK, EOPNOTSUPP) is used unlocked. */
+		if (flock(fd, (top_rw ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+			close(fd);
+			rc = ovm_errf(err, EBUSY, "%s: in use by another VM (%s); stop it first or use a copy", path,
+				      top_rw ? "this one would write it" : "it is being written");
 			break;
 		}
 		if (!qcow2) {

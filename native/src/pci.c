@@ -280,6 +280,13 @@ int ovm_pci_flush(struct ovm_pci *pci, struct ovm_err *err)
 
 /* ------------------------------------------------------- save / load */
 
+/* Saved state (host byte order; the snapshot header names the arch):
+ *   u32 magic "PCI1", u32 the 0xCF8 register, u32 number of slots, then per
+ *   slot (0 = host bridge): 256 bytes of config space (BAR addresses and
+ *   the command register included), i32 INTx level, and the device's own
+ *   state (virtio_pci.c). Loading needs the same devices in the same slots
+ *   (the VM is re-created with the same disks first); BARs are moved back
+ *   to the saved addresses and the INTx line is re-driven. */
 #define PCI_STATE_MAGIC 0x31494350u /* "PCI1" */
 
 int ovm_pci_save(struct ovm_pci *pci, struct ovm_buf *out, struct ovm_err *err)

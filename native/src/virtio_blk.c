@@ -221,7 +221,7 @@ static int notify(void *dev, struct ovm_virtio *t, int q)
 		}
 		used++;
 	}
-	if (used)
+	if (used && ovm_vq_want_interrupt(vq, mem))
 		ovm_virtio_interrupt(t, q);
 	return 0;
 }

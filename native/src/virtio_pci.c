@@ -381,6 +381,10 @@ static void cfg_written(struct ovm_pci_dev *d, uint32_t off, uint32_t len)
 
 /* ------------------------------------------------------- save / load */
 
+/* Saved state: struct tr_state, one struct vq_state per queue, then the
+ * MSI-X table (16 bytes x (MAX_QUEUES + 1)). Requests are served
+ * synchronously on the notifying vCPU, so no request is in flight at a
+ * snapshot: the restored indices are the whole story (no kick needed). */
 #define VIRTIO_STATE_VERSION 1
 
 struct vq_state {

@@ -171,3 +171,16 @@ int ovm_vq_push(struct ovm_vq *vq, const struct ovm_mem *mem, uint16_t head, uin
 	__atomic_store_n((uint16_t *)(used + 2), htole16(vq->used_idx), __ATOMIC_RELEASE);
 	return 0;
 }
+
+bool ovm_vq_want_interrupt(const struct ovm_vq *vq, const struct ovm_mem *mem)
+{
+	/* The used index must be visible before the flags are read (a driver
+	 * that re-enables interrupts then checks the used ring must not miss
+	 * both). */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	const uint8_t *avail = (vq->avail & 1) ? NULL : ovm_gpa(mem, vq->avail, 2);
+	if (!avail)
+		return true;
+	uint16_t flags = le16toh(__atomic_load_n((const uint16_t *)avail, __ATOMIC_ACQUIRE));
+	return !(flags & 1);
+}

@@ -334,6 +334,30 @@ static void test_raw(void)
 	CHECK(sh("cmp rw.raw rw.before") == 0, "the raw base was not written");
 }
 
+/* 4b. Locks: one writer or many readers per image. */
+static void test_locks(void)
+{
+	REQUIRE(sh("rm -f lk.qcow2 && qemu-img create -f qcow2 lk.qcow2 1M") == 0);
+	const char *n[] = {"lk.qcow2"}, *f[] = {"qcow2"};
+	struct ovm_disk *w, *r1, *r2, *x;
+	struct ovm_err e = {0};
+	REQUIRE(open_chain(&w, 1, n, f, false, &e) == 0, "%s", e.msg);
+	CHECK(open_chain(&x, 1, n, f, false, &e) == -EBUSY && strstr(e.msg, "in use"), "second writer: %s", e.msg);
+	CHECK(open_chain(&x, 1, n, f, true, &e) == -EBUSY, "reader while written: %s", e.msg);
+	ovm_disk_close(w);
+	CHECK(open_chain(&r1, 1, n, f, true, &e) == 0 && open_chain(&r2, 1, n, f, true, &e) == 0, "two readers");
+	CHECK(open_chain(&x, 1, n, f, false, &e) == -EBUSY, "writer while read");
+	ovm_disk_close(r1);
+	ovm_disk_close(r2);
+	/* A shared base under two writable tops is fine. */
+	REQUIRE(sh("qemu-img create -f qcow2 -b lk.qcow2 -F qcow2 lk1.qcow2 && qemu-img create -f qcow2 -b lk.qcow2 -F qcow2 lk2.qcow2") == 0);
+	const char *c1[] = {"lk.qcow2", "lk1.qcow2"}, *c2[] = {"lk.qcow2", "lk2.qcow2"}, *f2[] = {"qcow2", "qcow2"};
+	CHECK(open_chain(&r1, 2, c1, f2, false, &e) == 0 && open_chain(&r2, 2, c2, f2, false, &e) == 0, "%s", e.msg);
+	CHECK(open_chain(&x, 1, n, f, false, &e) == -EBUSY, "the base is read by both");
+	ovm_disk_close(r1);
+	ovm_disk_close(r2);
+}
+
 /* 5. A crash (process death without close) after a flush leaves a
  * consistent image that holds everything flushed. */
 static void test_crash(void)
@@ -392,12 +416,14 @@ int main(void)
 	test_chain_read();
 	test_refusals();
 	test_raw();
+	test_locks();
 	test_crash();
 	fuzz("-o compat=1.1,cluster_size=65536", 8u << 20, 400, 200000, 100, "v3 64K");
 	fuzz("-o compat=0.10,cluster_size=4096", 4u << 20, 400, 40000, 150, "v2 4K");
 	fuzz("-o compat=1.1,cluster_size=512,refcount_bits=64", 6u << 20, 600, 20000, 200, "v3 512B refcount64 (table grows)");
 	fuzz("-o compat=1.1,cluster_size=1024,refcount_bits=1", 2u << 20, 300, 9000, 0, "v3 1K refcount1");
 	fuzz("-o compat=1.1,cluster_size=2048,refcount_bits=8", 3u << 20, 300, 30000, 77, "v3 2K refcount8");
+	fuzz("-o compat=1.1,cluster_size=2M", 16u << 20, 60, 3u << 20, 20, "v3 2M clusters");
 
 	int failed = check_done("test_qcow2");
 	if (!failed)

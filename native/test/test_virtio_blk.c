@@ -388,6 +388,15 @@ int main(void)
 	CHECK(rd(&mmio, D.isr, 1) == 1, "ISR: queue interrupt");
 	CHECK(line_level[gsi] == 0, "reading ISR lowers INTx");
 	CHECK(rd(&mmio, D.isr, 1) == 0, "ISR cleared by reading");
+	{ /* The driver asks for no interrupt: the request completes silently. */
+		uint16_t fl = 1;
+		memcpy(ram + D.avail, &fl, 2);
+		int before = line_changes;
+		disk_write(200, 512, 8);
+		CHECK(line_changes == before && rd(&mmio, D.isr, 1) == 0, "VIRTQ_AVAIL_F_NO_INTERRUPT honoured");
+		fl = 0;
+		memcpy(ram + D.avail, &fl, 2);
+	}
 	disk_read_check(128, 8192, true, "indirect read across the written range");
 	disk_read_check(0, 512, false, "read of untouched sector 0 (from the base)");
 	disk_write(8191 - 15, 8192, 9); /* the disk's last 16 sectors */

@@ -79,6 +79,17 @@ static void test_good(void)
 	memcpy(ue, ram + USED + 4, 8);
 	CHECK(uidx == 1 && ue[0] == 0 && ue[1] == 513 && vq.used_idx == 1);
 
+	/* Interrupt suppression: avail->flags bit 0. */
+	CHECK(ovm_vq_want_interrupt(&vq, &mem));
+	uint16_t fl = 1;
+	memcpy(ram + AVAIL, &fl, 2);
+	CHECK(!ovm_vq_want_interrupt(&vq, &mem), "VIRTQ_AVAIL_F_NO_INTERRUPT");
+	fl = 0;
+	memcpy(ram + AVAIL, &fl, 2);
+	struct ovm_vq far = vq;
+	far.avail = RAM + 4096;
+	CHECK(ovm_vq_want_interrupt(&far, &mem), "unreadable flags: interrupt anyway");
+
 	/* Indirect table of three. */
 	put_desc(IND, 0, BUF, 16, 1, 2);
 	put_desc(IND, 2, BUF + 16, 4096, 1 | 2, 1);
