@@ -332,4 +332,286 @@ int ovm_vq_push(struct ovm_vq *vq, const struct ovm_mem *mem, uint16_t head, uin
  * (VIRTQ_AVAIL_F_NO_INTERRUPT; EVENT_IDX is not offered). */
 bool ovm_vq_want_interrupt(const struct ovm_vq *vq, const struct ovm_mem *mem);
 
+/* ---- core ---- */
+/*
+ * The VM (vm.c), its vCPU threads (vcpu.c), the legacy devices (serial.c,
+ * i8042.c), the boot image (arch/x86_64/boot.c), CPU setup
+ * (arch/x86_64/cpu.c) and snapshots (snapshot.c). Owner: core.
+ */
+
+/* ---- x86 boot (pure: unit-tested without KVM) */
+
+/* Guest-physical layout of what the loader writes (Firecracker's, with
+ * the GDT selectors of the Linux 64-bit boot protocol). */
+#define OVM_BOOT_GDT 0x500ull
+#define OVM_BOOT_IDT 0x520ull
+#define OVM_BOOT_STACK 0x8ff0ull
+#define OVM_BOOT_ZERO_PAGE 0x7000ull
+#define OVM_BOOT_PML4 0x9000ull   /* then the PDPT at 0xa000, four PDs at 0xb000..0xe000 */
+#define OVM_BOOT_CMDLINE 0x20000ull
+#define OVM_BOOT_CMDLINE_MAX 4096
+#define OVM_BOOT_KERNEL 0x100000ull /* protected-mode kernel; 64-bit entry at +0x200 */
+#define OVM_BOOT_EBDA 0x9fc00ull     /* low RAM ends here (MP table lives here) */
+#define OVM_BOOT_CS 0x10 /* __BOOT_CS */
+#define OVM_BOOT_DS 0x18 /* __BOOT_DS */
+#define OVM_BOOT_TSS 0x20
+#define OVM_TSS_ADDR 0xfffbd000ull /* KVM_SET_TSS_ADDR (3 pages), in the MMIO hole */
+#define OVM_IDENTITY_MAP_ADDR 0xfffbc000ull
+
+#define OVM_E820_RAM 1
+#define OVM_E820_RESERVED 2
+struct ovm_e820 {
+	uint64_t addr, size;
+	uint32_t type;
+};
+
+/* The e820 map for `ram` bytes of RAM laid out as ovm_mem does: RAM below
+ * the EBDA, the legacy hole reserved up to 1 MiB, RAM from 1 MiB up to
+ * min(ram, 3 GiB), then the rest above 4 GiB. Returns the entry count
+ * (<= max) or -EINVAL when ram is under 2 MiB or max is too small. */
+int ovm_x86_e820(uint64_t ram, struct ovm_e820 *out, int max, struct ovm_err *err);
+
+/* What the loader decided: where the vCPU starts. */
+struct ovm_x86_boot {
+	uint64_t entry;      /* 64-bit entry point (rip) */
+	uint64_t zero_page;  /* rsi */
+	uint64_t initrd_addr, initrd_size;
+	uint16_t protocol;   /* boot protocol version from the header */
+};
+
+/* Load a bzImage (64-bit boot protocol, version >= 2.12 with
+ * XLF_KERNEL_64) into `mem`: the protected-mode kernel at 1 MiB, the zero
+ * page (setup header copied from the image, type_of_loader 0xff,
+ * LOADED_HIGH|CAN_USE_HEAP, cmdline, e820, initrd), the initrd page-aligned
+ * at the top of RAM below initrd_addr_max and below 3 GiB, the GDT and the
+ * identity page tables (4 GiB with 2 MiB pages). Errors name what is wrong
+ * with the image ("not a bzImage", "protocol 2.06 too old", "initrd of N
+ * bytes does not fit below ..."). */
+int ovm_x86_load_linux(const struct ovm_mem *mem, const uint8_t *kernel, size_t kernel_len,
+		       const uint8_t *initrd, size_t initrd_len, const char *cmdline,
+		       struct ovm_x86_boot *out, struct ovm_err *err);
+
+/* Write the GDT (null, null, code 0x10, data 0x18, TSS 0x20) and the
+ * identity-mapping page tables. Part of ovm_x86_load_linux; apart for tests. */
+int ovm_x86_write_gdt(const struct ovm_mem *mem, struct ovm_err *err);
+int ovm_x86_write_page_tables(const struct ovm_mem *mem, struct ovm_err *err);
+/* A GDT entry as the CPU reads it (flags as in Firecracker's gdt_entry:
+ * 0xa09b 64-bit code, 0xc093 data, 0x808b TSS). */
+uint64_t ovm_x86_gdt_entry(uint16_t flags, uint32_t base, uint32_t limit);
+
+/* An MP table (Intel MP spec 1.4, arch/x86_64/mptable.c) at OVM_BOOT_EBDA
+ * for `ncpus` CPUs, the IOAPIC and INTA of PCI slots 1..npci, so that Linux
+ * without ACPI starts the APs. Written only when ncpus > 1. */
+int ovm_x86_write_mptable(const struct ovm_mem *mem, int ncpus, int npci, struct ovm_err *err);
+
+/* ---- x86 CPU setup (arch/x86_64/cpu.c), on a vCPU fd */
+
+struct kvm_cpuid2;
+/* KVM_GET_SUPPORTED_CPUID into a malloc'd table (caller frees). */
+int ovm_x86_supported_cpuid(int kvm_fd, struct kvm_cpuid2 **out, struct ovm_err *err);
+/* Set the guest's CPUID from the supported table: APIC ID `id` in leaves
+ * 1/0xB/0x1F, the hypervisor bit, VMX/SVM hidden, KVM's paravirt leaves
+ * (0x40000000..) kept so kvmclock works. */
+int ovm_x86_set_cpuid(int vcpu_fd, const struct kvm_cpuid2 *supported, int id, struct ovm_err *err);
+/* Boot state of vCPU `id`: MSRs (MTRRs write-back, fast strings), FPU,
+ * LAPIC LINT0=ExtINT / LINT1=NMI, and for the BSP (id 0) long mode at
+ * `boot` (sregs, regs). APs are left for INIT/SIPI. */
+int ovm_x86_setup_vcpu(int vcpu_fd, int id, const struct ovm_x86_boot *boot, struct ovm_err *err);
+
+/* ---- legacy devices */
+
+/* An 8250/16550A UART at I/O port `base` (8 ports) on ISA line `gsi`.
+ * Transmitted bytes go to `out` (on the vCPU thread); ovm_serial_input
+ * fills the receive FIFO. Locked internally: input may come from any thread. */
+struct ovm_serial;
+#define OVM_SERIAL_FIFO 1024
+int ovm_serial_create(struct ovm_serial **out, struct ovm_bus *pio, uint16_t base, uint32_t gsi,
+		      const struct ovm_irq *irq, void (*tx)(void *opaque, const uint8_t *data, size_t len),
+		      void *opaque, struct ovm_err *err);
+/* Queue host bytes for the guest; returns how many fit (0..len). */
+int ovm_serial_input(struct ovm_serial *s, const uint8_t *data, size_t len);
+int ovm_serial_save(struct ovm_serial *s, struct ovm_buf *out, struct ovm_err *err);
+int ovm_serial_load(struct ovm_serial *s, struct ovm_rd *in, struct ovm_err *err);
+void ovm_serial_destroy(struct ovm_serial *s);
+
+/* The i8042 keyboard controller at 0x60/0x64: enough for Linux's probe
+ * (self-test, command byte) and its reset line: command 0xFE calls `reset`. */
+struct ovm_i8042;
+int ovm_i8042_create(struct ovm_i8042 **out, struct ovm_bus *pio, const struct ovm_irq *irq,
+		     void (*reset)(void *opaque), void *opaque, struct ovm_err *err);
+int ovm_i8042_save(struct ovm_i8042 *k, struct ovm_buf *out, struct ovm_err *err);
+int ovm_i8042_load(struct ovm_i8042 *k, struct ovm_rd *in, struct ovm_err *err);
+void ovm_i8042_destroy(struct ovm_i8042 *k);
+
+/* ---- the VM */
+
+/* Up to 8 vCPUs: with more than one, an MP table tells Linux about the APs. */
+#define OVM_MAX_VCPUS 8
+#define OVM_MAX_DISKS 8
+#define OVM_MAX_CHAIN 16
+
+enum ovm_exit_reason {
+	OVM_EXIT_NONE = 0,
+	OVM_EXIT_POWEROFF, /* the guest powered off (see vm.c for the rule) */
+	OVM_EXIT_RESET,    /* the guest rebooted (i8042 reset, triple fault; with panic=-1 a panic) */
+	OVM_EXIT_STOPPED,  /* the host stopped it (ovm_vm_stop) */
+	OVM_EXIT_CRASHED,  /* KVM refused to go on (entry failure, internal error, a device fault) */
+};
+const char *ovm_exit_name(enum ovm_exit_reason r);
+
+struct ovm_disk_config {
+	const char *paths[OVM_MAX_CHAIN];   /* base first */
+	const char *formats[OVM_MAX_CHAIN]; /* "raw" / "qcow2" */
+	int n;
+	bool read_only;
+};
+
+/* Callbacks run on vCPU threads; they must not call back into the VM
+ * except ovm_vm_serial_input (which takes its own lock). */
+struct ovm_vm_config {
+	uint64_t mem_bytes;
+	int ncpus;
+	const char *kernel, *initrd, *cmdline; /* ignored by restore */
+	struct ovm_disk_config disks[OVM_MAX_DISKS];
+	int ndisks;
+	/* Bytes the guest wrote to COM1 (port 0) or COM2 (port 1). */
+	void (*on_serial)(void *opaque, int port, const uint8_t *data, size_t len);
+	/* The VM ended (called once, from the vCPU thread that saw it, or from ovm_vm_stop). */
+	void (*on_exit)(void *opaque, enum ovm_exit_reason reason, const char *detail);
+	void *opaque;
+};
+
+struct ovm_vm;
+
+/* Create a VM from `cfg` and load its kernel: /dev/kvm, capabilities,
+ * irqchip, PIT, memory, devices, vCPUs with their boot registers. The vCPUs
+ * do not run until ovm_vm_start. */
+int ovm_vm_create(struct ovm_vm **out, const struct ovm_vm_config *cfg, struct ovm_err *err);
+/* Start one thread per vCPU. */
+int ovm_vm_start(struct ovm_vm *vm, struct ovm_err *err);
+/* Park every vCPU outside KVM_RUN (returns when all are parked). */
+int ovm_vm_pause(struct ovm_vm *vm, struct ovm_err *err);
+int ovm_vm_resume(struct ovm_vm *vm, struct ovm_err *err);
+/* End the VM (any state) with `reason` unless it has already ended; joins the threads. */
+void ovm_vm_stop(struct ovm_vm *vm, enum ovm_exit_reason reason);
+/* Block until the VM has ended; returns the reason (and copies the detail). */
+enum ovm_exit_reason ovm_vm_wait(struct ovm_vm *vm, char *detail, size_t detail_len);
+/* Non-blocking: the reason, or OVM_EXIT_NONE while it runs. */
+enum ovm_exit_reason ovm_vm_exit_reason(struct ovm_vm *vm);
+/* Host to guest bytes on COM1 (port 0) or COM2 (port 1): returns how many
+ * fit in the receive FIFO (the rest must be offered again later). Any thread. */
+int ovm_vm_serial_input(struct ovm_vm *vm, int port, const uint8_t *data, size_t len);
+/* Free everything (stops it first). */
+void ovm_vm_destroy(struct ovm_vm *vm);
+/* Human description of why KVM cannot be used here, or NULL when /dev/kvm works. */
+const char *ovm_kvm_unavailable(char *buf, size_t len);
+
+/* ---- VM internals, shared by vm.c, vcpu.c and snapshot.c only */
+
+struct kvm_run;
+struct ovm_vcpu {
+	struct ovm_vm *vm;
+	int id, fd;
+	struct kvm_run *run;
+	pthread_t tid;
+	bool thread_started;
+};
+
+struct ovm_vm {
+	int kvm_fd, vm_fd;
+	size_t run_size;
+	struct ovm_mem mem;
+	struct ovm_bus pio, mmio;
+	struct ovm_irq irq;
+	struct ovm_serial *com[2];
+	struct ovm_i8042 *kbd;
+	struct ovm_pci *pci;
+	struct kvm_cpuid2 *cpuid; /* KVM_GET_SUPPORTED_CPUID */
+	int ncpus;
+	struct ovm_vcpu vcpu[OVM_MAX_VCPUS];
+	struct ovm_vm_config cfg;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool pause_req, stop, joined;
+	int alive;  /* vCPU threads not yet returned */
+	int parked; /* vCPU threads parked for pause_req */
+	enum ovm_exit_reason reason;
+	char detail[OVM_ERR_MAX];
+
+	/* Poweroff rule (vm.c): the kernel's last words on COM1. */
+	char tail[32];
+	bool power_down_seen;
+};
+
+/* Create the vCPU fds, their kvm_run mappings and CPUID (no registers). */
+int ovm_vcpu_create(struct ovm_vm *vm, int id, struct ovm_err *err);
+/* Start vCPU `id`'s thread (all signals blocked but the kick signal). */
+int ovm_vcpu_start(struct ovm_vm *vm, int id, struct ovm_err *err);
+/* Make vCPU `id` leave KVM_RUN soon (immediate_exit + signal); any thread. */
+void ovm_vcpu_kick(struct ovm_vm *vm, int id);
+/* Record the end of the VM (first caller wins), stop and kick every vCPU,
+ * call on_exit. Safe from vCPU threads. */
+void ovm_vm_end(struct ovm_vm *vm, enum ovm_exit_reason reason, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* The VM's memory and KVM objects without devices or vCPUs (create and restore share it). */
+int ovm_vm_init_common(struct ovm_vm *vm, const struct ovm_vm_config *cfg, uint64_t mem_bytes, int ncpus,
+		       int mem_fd, struct ovm_err *err);
+
+/* ---- snapshots (snapshot.c); format in rfc/runtime.md */
+
+#define OVM_SNAP_MAGIC "OVMSNAP1"
+#define OVM_SNAP_VERSION 1
+#define OVM_SNAP_ARCH_X86_64 1
+
+/* The CPU a snapshot was taken on, and what the guest was shown. */
+struct ovm_cpu_sig {
+	char vendor[13];
+	uint32_t family, model, stepping;
+	/* Guest-visible feature words: 1.ecx, 1.edx, 7.0.ebx, 7.0.ecx, 7.0.edx,
+	 * 0x80000001.ecx, 0x80000001.edx, 0xd.1.eax. */
+	uint32_t features[8];
+};
+/* This host's signature: vendor/family/model/stepping from CPUID, the
+ * feature words from KVM_GET_SUPPORTED_CPUID (what it can offer a guest). */
+int ovm_cpu_sig_host(int kvm_fd, struct ovm_cpu_sig *out, struct ovm_err *err);
+/* 0 when a guest shown `snap` can run on a host offering `host`, else
+ * -ENOTSUP with a message naming the vendor or the missing feature bits. */
+int ovm_cpu_sig_check(const struct ovm_cpu_sig *snap, const struct ovm_cpu_sig *host, struct ovm_err *err);
+
+struct ovm_snap_header {
+	char magic[8];
+	uint32_t version, arch;
+	struct ovm_cpu_sig cpu;
+	uint64_t mem_bytes;
+	uint32_t ncpus;
+	uint32_t ndisks;
+	uint64_t body_len;
+	uint32_t body_crc;
+};
+/* CRC-32 (IEEE 802.3, as zlib's crc32). */
+uint32_t ovm_crc32(uint32_t crc, const void *data, size_t len);
+/* Serialise header+body into `out` (fixed little-endian layout, header CRC). */
+int ovm_snap_encode(const struct ovm_snap_header *h, const uint8_t *body, struct ovm_buf *out,
+		    struct ovm_err *err);
+/* Parse and verify: magic, version, arch, header and body checksums. On
+ * success *body points into `data`. Messages name the file `what`. */
+int ovm_snap_decode(const uint8_t *data, size_t len, const char *what, struct ovm_snap_header *h,
+		    const uint8_t **body, struct ovm_err *err);
+
+struct ovm_snap_stats {
+	uint64_t mem_bytes_written; /* non-zero RAM written */
+	uint64_t state_bytes;
+	double paused_ms, total_ms;
+};
+/* Snapshot a VM into `dir` (created; files written under temp names and
+ * renamed): state.bin and memory.raw. The VM is paused for it and left
+ * paused; the caller resumes. */
+int ovm_vm_snapshot(struct ovm_vm *vm, const char *dir, struct ovm_snap_stats *st, struct ovm_err *err);
+/* Create a VM from a snapshot (cfg gives the disks and callbacks; memory
+ * size and vCPU count come from the snapshot). memory.raw is mapped
+ * MAP_PRIVATE (never written). The VM is ready for ovm_vm_start. */
+int ovm_vm_restore(struct ovm_vm **out, const struct ovm_vm_config *cfg, const char *dir,
+		   struct ovm_err *err);
+
 #endif /* OVM_H */
