@@ -2,9 +2,10 @@
 import {benchRun} from '../test/engine/bench-run.js'
 import {benchBuild} from './build.js'
 import {benchConvert} from './convert.js'
+import {benchKvm} from './kvm.js'
 import {benchRegistry} from './registry.js'
 
-const all: Record<string, () => Promise<void>> = {registry: benchRegistry, run: benchRun, build: benchBuild, convert: benchConvert}
+const all: Record<string, () => Promise<void>> = {registry: benchRegistry, run: benchRun, build: benchBuild, convert: benchConvert, kvm: benchKvm}
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'))
 for (const name of names.length > 0 ? names : Object.keys(all)) {
   const fn = all[name]

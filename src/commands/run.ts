@@ -39,7 +39,7 @@ export default class Run extends BaseCommand {
 
   static flags = {
     detach: Flags.boolean({char: 'd', description: 'Print the instance id and return instead of attaching.'}),
-    engine: Flags.string({description: 'Engine to run it on.', options: ['qemu', 'kvm'], default: 'qemu'}),
+    engine: Flags.string({description: 'Engine to run it on: auto picks kvm (ours) where /dev/kvm runs guests, else qemu.', options: ['auto', 'qemu', 'kvm'], default: 'auto'}),
     memory: Flags.string({char: 'm', description: 'Guest memory, e.g. 256M or 2G (default 256M; a snapshot keeps its own).'}),
     cpus: Flags.integer({description: 'vCPUs (default 1; a snapshot keeps its own).', min: 1, max: 64}),
     cold: Flags.boolean({description: 'Boot even when the artifact has a RAM snapshot.'}),
@@ -95,7 +95,7 @@ export default class Run extends BaseCommand {
     const st = await client.start({
       manifest: args.ref,
       overrides: {
-        engine: flags.engine as 'qemu' | 'kvm',
+        engine: flags.engine as 'auto' | 'qemu' | 'kvm',
         ...(flags.memory ? {memory: flags.memory} : {}),
         ...(flags.cpus ? {cpus: flags.cpus} : {}),
         // A RAM snapshot has its command running already: new arguments need a cold boot.

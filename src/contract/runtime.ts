@@ -10,7 +10,8 @@ import {join} from 'node:path'
 
 import {type LoadedArtifact, loadArtifact} from '../artifact/load.js'
 import {type ChainFormat, createOverlay, unpackDiskChain} from '../disk/unpack.js'
-import {QemuEngine, readSnapshotFile} from '../engine/qemu/engine.js'
+import {readSnapshotFile} from '../engine/qemu/engine.js'
+import {type EngineChoice, defaultEngines, selectEngine} from '../engine/select.js'
 import type {BootSpec, DeviceSpec, Engine, EngineName, ExitStatus, VmHandle} from '../engine/types.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import type {LayoutStore} from '../oci/layout.js'
@@ -130,7 +131,7 @@ export class Runtime {
   constructor(opts: RuntimeOptions) {
     this.store = opts.store
     this.runDir = opts.runDir ?? join(process.env.OVM_RUN_DIR ?? tmpdir(), `ovm-${process.getuid?.() ?? 'u'}`)
-    this.engines = opts.engines ?? {qemu: new QemuEngine()}
+    this.engines = opts.engines ?? defaultEngines()
   }
 
   get(id: string): Instance {
@@ -143,30 +144,29 @@ export class Runtime {
     return [...this.instances.values()].sort((a, b) => b.createdAt - a.createdAt).map((i) => i.status())
   }
 
-  private engine(name: EngineName): Engine {
-    const e = this.engines[name]
-    if (!e) {
-      throw new AbortError({
-        code: 'ENGINE_UNAVAILABLE',
-        message: `the ${name} engine is not available in this runtime`,
-        hint: name === 'kvm' ? 'The native KVM engine is not built yet; use --engine qemu.' : 'Install qemu-system-x86.',
-        exitCode: ExitCode.engine,
-      })
+  /**
+   * The engine for a start: a named one (refused with the reason when it
+   * cannot run here), or `auto`: the engine that made the artifact's RAM
+   * snapshot where it can run, else kvm where it runs guests, else qemu.
+   */
+  private async pickEngine(choice: EngineChoice, snapshotEngine?: EngineName): Promise<Engine> {
+    if (choice === 'auto' && snapshotEngine) {
+      const maker = this.engines[snapshotEngine]
+      if (maker && !(await maker.unavailable())) return maker
     }
-    return e
+    return (await selectEngine(choice, this.engines)).engine
   }
+
 
   async start(req: StartRequest): Promise<InstanceStatus> {
     const t0 = Date.now()
     const artifact = await loadArtifact(this.store, req.manifest)
     const o = req.overrides ?? {}
-    const engineName: EngineName = o.engine ?? 'qemu'
-    const engine = this.engine(engineName)
-    const why = await engine.unavailable()
-    if (why) throw new AbortError({code: 'ENGINE_UNAVAILABLE', message: `the ${engineName} engine cannot run here: ${why}`, hint: 'See rfc/runtime.md for engine requirements.', exitCode: ExitCode.engine})
+    const ram = o.cold_boot ? undefined : artifact.layers.find((l) => l.role === 'ram-snapshot')
+    const engine = await this.pickEngine(o.engine ?? 'auto', ram ? signatureFromAnnotations(artifact.ovms.annotations)?.engine : undefined)
+    const engineName: EngineName = engine.name
     const kernel = artifact.layers.find((l) => l.role === 'kernel')
     if (!kernel) throw new AbortError({code: 'NO_KERNEL', message: `${req.manifest} has no kernel layer`, hint: 'Pack the artifact with --kernel.', exitCode: ExitCode.invalid, ref: req.manifest})
-    const ram = o.cold_boot ? undefined : artifact.layers.find((l) => l.role === 'ram-snapshot')
 
     let id = randomBytes(6).toString('hex')
     while (this.instances.has(id)) id = randomBytes(6).toString('hex')

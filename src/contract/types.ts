@@ -5,7 +5,7 @@ export type InstanceState = VmState
 
 export interface StartRequest {
   manifest: string
-  overrides?: {memory?: number | string; cpus?: number; engine?: 'qemu' | 'kvm'; cold_boot?: boolean; cmdline?: string}
+  overrides?: {memory?: number | string; cpus?: number; engine?: 'qemu' | 'kvm' | 'auto'; cold_boot?: boolean; cmdline?: string}
 }
 
 export interface StopRequest {
