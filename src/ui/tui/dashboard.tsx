@@ -4,10 +4,10 @@
  * grid of `height - 1` lines (one short of the terminal, so ink never falls
  * back to clearing the screen) that only changes where the data did.
  */
-import {Box, Text, useApp, useInput} from 'ink'
+import {Box, type Key, Text, useApp, useInput} from 'ink'
 import {type JSX, useCallback, useEffect, useRef, useState} from 'react'
 
-import {fit} from './text.js'
+import {cleanLine, fit} from './text.js'
 import type {ArtifactDetail, ArtifactRow, BuildView, DashboardSource, InstancesResult} from './types.js'
 import {Lines, artifactLines, buildLines, inspectLines, instanceLines, rule} from './views.js'
 
@@ -57,6 +57,8 @@ export function Dashboard(props: DashboardProps): JSX.Element {
   const lines = Math.max(8, props.height - 1)
   const bodyHeight = lines - 4
   const {exit} = useApp()
+  const onKey = useRef<(input: string, key: Key) => void>(() => undefined)
+  useInput(useCallback((input: string, key: Key) => onKey.current(input, key), []))
 
   const [tab, setTab] = useState<Tab>(props.initialTab ?? 'artifacts')
   const [artifacts, setArtifacts] = useState<ArtifactRow[] | undefined>()
@@ -117,7 +119,7 @@ export function Dashboard(props: DashboardProps): JSX.Element {
         (line) => {
           const b = consoleBuf.current
           if (b.id !== followId) return
-          b.lines.push(line)
+          b.lines.push(cleanLine(line))
           if (b.lines.length > CONSOLE_KEEP) b.lines.splice(0, b.lines.length - CONSOLE_KEEP)
           b.dirty = true
         },
@@ -165,7 +167,9 @@ export function Dashboard(props: DashboardProps): JSX.Element {
     set((n) => Math.max(0, Math.min(Math.max(0, count - 1), n + delta)))
   }
 
-  useInput((input, key) => {
+  // ink subscribes a handler in an effect, after the frame is drawn: a key
+  // pressed in between must still see this render's state, hence the ref.
+  onKey.current = (input, key) => {
     if (confirm) {
       if (input === 'y' || input === 'Y') {
         setConfirm(undefined)
@@ -216,7 +220,7 @@ export function Dashboard(props: DashboardProps): JSX.Element {
         else setConfirm({kind: 'snapshot', id: selectedInstance.instance_id, what, tag: snapshotTag(selectedInstance.artifact?.reference, selectedInstance.instance_id, (props.now ?? (() => new Date()))())})
       }
     } else if (delta) move(delta, builds?.length ?? 0, setBuildSel)
-  })
+  }
 
   // ---- drawing ---------------------------------------------------------------
   const count = (t: Tab): string => {

@@ -41,7 +41,6 @@ export async function renderDashboard(
       stdin: opts.stdin ?? process.stdin,
       exitOnCtrlC: true,
       patchConsole: true,
-      incrementalRendering: true,
       maxFps: 20,
     })
     await app.waitUntilExit()

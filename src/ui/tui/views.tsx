@@ -128,7 +128,7 @@ export function instanceLines(
     ]
   }
   if (result.instances.length === 0) return [{text: '  No instances. Start one with `ovm run -d REF`.', style: 'dim'}]
-  const widths = [14, 10, Math.max(12, width - 2 - 14 - 10 - 9 - 16), 9, 16]
+  const widths = [14, 10, Math.max(12, width - 2 - 14 - 10 - 9 - 18), 9, 18]
   const listRows = Math.min(result.instances.length, Math.max(3, Math.floor((height - 2) / 3)))
   const win = windowAround(result.instances, selected, listRows)
   const out: Line[] = [{text: `  ${row(['ID', 'STATE', 'ARTIFACT', 'UPTIME', 'ENGINE'], widths, width - 2)}`, style: 'title'}]
