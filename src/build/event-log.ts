@@ -2,7 +2,7 @@
  * A build's events as NDJSON under `<store>/builds/`, so another process
  * (`ovm tui`) can follow a build in progress by tailing the file.
  *
- * One file per build, `<UTC start>-<pid>.ndjson`: a `start` record (pid,
+ * One file per build, `<UTC start, ms>-<pid>.ndjson`: a `start` record (pid,
  * Ovmfile, tags, the planned steps), one record per build event, and an
  * `end` record. A file without `end` whose pid is gone is an interrupted
  * build. Writing never fails a build: on the first write error the log
@@ -69,9 +69,18 @@ export class BuildEventLog {
     try {
       await mkdir(dir, {recursive: true, mode: 0o700})
       await pruneBuildLogs(dir, KEEP_BUILD_LOGS - 1)
-      const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
-      const path = join(dir, `${stamp}-${process.pid}.ndjson`)
-      const log = new BuildEventLog(path, openSync(path, 'a', 0o600))
+      const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('.', '')
+      let path = join(dir, `${stamp}-${process.pid}.ndjson`)
+      let fd: number | undefined
+      for (let n = 1; fd === undefined; n++) {
+        try {
+          fd = openSync(path, 'wx', 0o600)
+        } catch (err) {
+          if (!isErrno(err, 'EEXIST') || n > 100) throw err
+          path = join(dir, `${stamp}-${process.pid}-${n}.ndjson`)
+        }
+      }
+      const log = new BuildEventLog(path, fd)
       log.write({
         t: Date.now(),
         type: 'start',
