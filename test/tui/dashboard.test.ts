@@ -46,6 +46,9 @@ describe('artifacts view over a real store', () => {
     const app = mount({source: storeSource(home, join(home, 'ovm.sock'))})
     const text = await waitForFrame(app.lastFrame, (t) => t.includes('example/busybox:1.0'), 'the artifact row')
     expect(text).toContain('[1 Artifacts (2)]')
+    const top = text.split('\n')[0]!
+    expect(top.length).toBeLessThanOrEqual(80)
+    expect(top.endsWith(home.slice(-12))).toBe(true) // the store folder, cut from the left when long
     const row = text.split('\n').find((l) => l.includes('example/busybox:1.0'))!
     // REFERENCE DIGEST SIZE LAYERS SIGS REFS SNAP
     expect(row).toMatch(new RegExp(`example/busybox:1\\.0\\s+${digest.slice(7, 19)}\\s+\\d+(\\.\\d)? MiB\\s+3\\s+1\\s+0\\s*$`))
@@ -144,7 +147,7 @@ describe('instances view', () => {
     const app = mount({source: src, initialTab: 'instances', now: () => new Date('2026-11-26T19:30:05Z')})
     await waitForFrame(app.lastFrame, (t) => t.includes('aaaaaaaaaaaa'), 'the list')
     app.stdin.write('p')
-    await waitForFrame(app.lastFrame, (t) => t.includes('Snapshot aaaaaaaaaaaa (test/hb:1) as test/hb:snap-aaaaaaaa-20261126193005? y/n'), 'the question')
+    await waitForFrame(app.lastFrame, (t) => t.includes(' Snapshot aaaaaaaaaaaa as test/hb:snap-aaaaaaaa-20261126193005? y/n'), 'the question')
     app.stdin.write('y')
     await waitForFrame(app.lastFrame, (t) => t.includes('snapshot test/hb:snap-aaaaaaaa-20261126193005'), 'the answer')
     expect(src.snapshots).toEqual([{id: 'aaaaaaaaaaaa', tag: 'test/hb:snap-aaaaaaaa-20261126193005'}])

@@ -5,14 +5,14 @@
  * send-keys; the screen comes back with capture-pane.
  */
 import {execFile, execFileSync} from 'node:child_process'
-import {writeFileSync} from 'node:fs'
+import {copyFileSync, mkdirSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {heartbeatInitramfs, holdVmLock, KERNEL, stopDaemon, vmSkipReason} from '../engine/helpers.js'
-import {BIN, ROOT, ovm, tempDir} from '../helpers/cli.js'
+import {BIN, FIXTURES, ROOT, ovm, tempDir} from '../helpers/cli.js'
 
 const run = promisify(execFile)
 
@@ -121,7 +121,7 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
   it('tab shows the running instance and its live console', async () => {
     await keys('Tab')
     const s = await waitScreen((t) => /OVM-HEARTBEAT \d+/.test(t), 'heartbeats in the console pane', 60_000)
-    expect(s).toMatch(new RegExp(`^> ${id}\\s+running\\s+example/heartbeat:1\\.0\\s+\\d+m?\\d+s\\s+qemu/tcg`, 'm'))
+    expect(s).toMatch(new RegExp(`^> ${id}\\s+running\\s+example/heartbeat:1\\.0\\s+(\\d+m)?\\d+s\\s+qemu/tcg`, 'm'))
     expect(s).toContain(`── console ${id} (live)`)
     const last = (t: string): number => Math.max(...[...t.matchAll(/OVM-HEARTBEAT (\d+)/g)].map((m) => Number(m[1])))
     const before = last(s)
@@ -129,7 +129,25 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
     captures.push(`$ ovm tui        # Instances view (tab)\n${s}`)
     // OVM_TUI_CAPTURE=FILE keeps what the screen showed (the README's capture).
     if (process.env.OVM_TUI_CAPTURE) writeFileSync(process.env.OVM_TUI_CAPTURE, captures.join('\n'))
-  })
+   }, 120_000)
+
+  it('p snapshots the instance after a y; the snapshot is listed as an artifact referring to the original', async () => {
+    await keys('p')
+    const q = await waitScreen((t) => t.includes('? y/n'), 'the snapshot question')
+    const tag = new RegExp(`Snapshot ${id} as (example/heartbeat:snap-${id.slice(0, 8)}-\\d{14})\\? y/n`).exec(q)?.[1]
+    expect(tag, q).toBeDefined()
+    await keys('y')
+    await waitScreen((t) => t.includes(`${id}: snapshot ${tag}`), 'the snapshot result', 120_000)
+    const ls = JSON.parse((await ovm(['ls', '--json'], {home})).stdout) as {artifacts: {reference: string; ramSnapshot?: boolean}[]}
+    expect(ls.artifacts.find((a) => a.reference === tag)?.ramSnapshot).toBe(true)
+    await keys('1')
+    const s = await waitScreen((t) => t.includes('enter inspect') && /^. example\/heartbeat:snap-/m.test(t), 'the snapshot row')
+    expect(s).toContain('[1 Artifacts (2)]')
+    expect(s).toMatch(/^. example\/heartbeat:1\.0\s+[0-9a-f]{12}\s+\S+ MiB\s+2\s+1\s+1\s*$/m) // 1 signature, 1 other referrer: the snapshot
+    expect(s).toMatch(/^. example\/heartbeat:snap-\S*\s+[0-9a-f]{12}\s+\S+ \S+\s+\d+\s+0\s+0\s+yes\s*$/m)
+    await keys('2')
+    await waitScreen((t) => t.includes(`── console ${id} (live)`), 'back on the instance')
+  }, 180_000)
 
   it('s asks before stopping; n leaves it running; y stops it', async () => {
     await keys('s')
@@ -144,12 +162,58 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
     expect(s).toMatch(new RegExp(`${id} stopped`))
     const ps = JSON.parse((await ovm(['ps', '--json'], {home})).stdout) as {instances: {instance_id: string; state: string}[]}
     expect(ps.instances.find((i) => i.instance_id === id)?.state).toBe('stopped')
+  }, 120_000)
+
+  it('colours the running instance (NO_COLOR unset)', async () => {
+    await keys('2')
+    await waitScreen((t) => t.includes(`── console ${id}`), 'the instances view')
+    const raw = await tmux('capture-pane', '-p', '-e', '-t', 'tui')
+    expect(raw).toMatch(/\x1b\[[0-9;]*3[0-7]m|\x1b\[[0-9;]*9[0-7]m|\x1b\[[0-9;]*38;/)
   })
+
+  it('the Builds view follows a real `ovm build` while it runs, to its result', async () => {
+    const ctx = join(tmp.path, 'ctx')
+    mkdirSync(ctx, {recursive: true})
+    copyFileSync('/bin/busybox', join(ctx, 'busybox'))
+    const mods = readFileSync(join(FIXTURES, 'kernel-version'), 'utf8').trim()
+    writeFileSync(
+      join(ctx, 'Ovmfile'),
+      `FROM scratch 32M\nKERNEL ${FIXTURES}/vmlinuz MODULES ${FIXTURES}/kernel-root/lib/modules/${mods}\nCMDLINE "console=ttyS0 panic=-1 quiet"\nCOPY --chmod=0755 busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nRUN echo tui-build-marker && sleep 3 && mkdir -p /etc && echo built > /etc/built\n`,
+    )
+    await keys('3')
+    await waitScreen((t) => t.includes('[3 Builds'), 'the builds view')
+    const build = ovm(['build', ctx, '-t', 'example/built:1'], {home})
+    const mid = await waitScreen((t) => /^> running\s+example\/built:1/m.test(t), 'the build running', 120_000)
+    expect(mid).toContain(`── ${join(ctx, 'Ovmfile')}`)
+    expect(mid).toMatch(/line 5: RUN \["\/bin\/busybox"/)
+    const done = await waitScreen((t) => /^> ok\s+example\/built:1\s+3\/3/m.test(t), 'the build finished', 300_000)
+    expect(done).toMatch(/\+ line 6: RUN echo tui-build-marker.*\d+\.\d s/)
+    expect(done).toContain(' tui-build-marker')
+    expect(done).toMatch(/ {2}result sha256:[0-9a-f]{64}$/m)
+    const r = await build
+    expect(r.code, r.stderr).toBe(0)
+    expect(done).toContain(r.stdout.trim().split('@')[1])
+  }, 420_000)
 
   it('q quits, restoring the screen, with exit status 0', async () => {
     await keys('q')
     const s = await waitScreen((t) => t.includes('tui exited with'), 'the exit line')
     expect(s).toContain('tui exited with 0')
     expect(s).not.toContain('enter inspect')
+  })
+
+  it('NO_COLOR=1: the same dashboard without a colour code', async () => {
+    await tmux('new-window', '-t', 'tui', '-n', 'nocolor', `cd ${ROOT} && env OVM_HOME=${home} NO_COLOR=1 LC_ALL=C.UTF-8 ${process.execPath} ${BIN} tui; sleep 600`)
+    const target = 'tui:nocolor'
+    const deadline = Date.now() + 20_000
+    let raw = ''
+    while (!raw.includes('example/heartbeat:1.0')) {
+      if (Date.now() > deadline) throw new Error(`no dashboard:\n${raw}`)
+      await new Promise((r) => setTimeout(r, 100))
+      raw = await tmux('capture-pane', '-p', '-e', '-t', target)
+    }
+    expect(raw).not.toMatch(/\x1b\[[0-9;]*3[0-7]m|\x1b\[[0-9;]*9[0-7]m|\x1b\[[0-9;]*38;/)
+    expect(raw).toMatch(/^(\x1b\[[0-9;]*m)*> example\//m) // the selection shows without colour
+    await tmux('send-keys', '-t', target, 'q')
   })
 })

@@ -11,7 +11,6 @@ export function foldBuildLog(id: string, records: BuildLogRecord[], writerAlive:
   const steps: BuildStepView[] = start.steps.map((s) => ({index: s.index, line: s.line, text: s.text, state: 'pending'}))
   const byIndex = new Map(steps.map((s) => [s.index, s]))
   const view: BuildView = {id, ovmfile: start.ovmfile, tags: start.tags, startedAt: new Date(start.t).toISOString(), state: 'running', steps, output: [], elapsedMs: 0}
-  let running: BuildStepView | undefined
   let last = start.t
   for (const r of records.slice(1)) {
     last = r.t
@@ -22,8 +21,8 @@ export function foldBuildLog(id: string, records: BuildLogRecord[], writerAlive:
         break
       }
       case 'step-start': {
-        running = byIndex.get(r.step)
-        if (running) running.state = 'running'
+        const s = byIndex.get(r.step)
+        if (s) s.state = 'running'
         break
       }
       case 'step-output':
@@ -33,7 +32,6 @@ export function foldBuildLog(id: string, records: BuildLogRecord[], writerAlive:
       case 'step-done': {
         const s = byIndex.get(r.step)
         if (s) Object.assign(s, {state: 'done', ms: r.ms, ...(r.layer ? {layer: r.layer} : {})})
-        running = undefined
         break
       }
       case 'phase':
@@ -46,13 +44,13 @@ export function foldBuildLog(id: string, records: BuildLogRecord[], writerAlive:
         view.state = r.ok ? 'ok' : 'failed'
         if (r.digest) view.digest = r.digest
         if (r.error) view.error = r.error
-        if (!r.ok && running) running.state = 'failed'
+        if (!r.ok) for (const s of steps) if (s.state === 'running') s.state = 'failed'
         break
     }
   }
   if (view.state === 'running' && !writerAlive) {
     view.state = 'interrupted'
-    if (running) running.state = 'failed'
+    for (const s of steps) if (s.state === 'running') s.state = 'failed'
   }
   view.output = view.output.slice(-BUILD_OUTPUT_LINES)
   view.elapsedMs = (view.state === 'running' ? now : last) - start.t

@@ -229,8 +229,10 @@ export function Dashboard(props: DashboardProps): JSX.Element {
   }
   const tabsText = TABS.map((t, i) => (t === tab ? `[${i + 1} ${TAB_TITLE[t]}${count(t)}]` : ` ${i + 1} ${TAB_TITLE[t]}${count(t)} `)).join(' ')
   const head = ` ovm  ${tabsText}`
-  const label = ` ${source.label}`
-  const header = head.length + label.length <= width ? head + label.padStart(width - head.length) : fit(head, width)
+  // The store folder on the right, cut from the left when long (its end says the most).
+  const room = width - head.length - 2
+  const label = room < 8 ? '' : source.label.length <= room ? source.label : `…${source.label.slice(-(room - 1))}`
+  const header = label ? head + label.padStart(width - head.length) : fit(head, width)
 
   let body
   let help: string
@@ -251,10 +253,15 @@ export function Dashboard(props: DashboardProps): JSX.Element {
     body = buildLines(builds, Math.min(buildSel, Math.max(0, (builds?.length ?? 1) - 1)), width, bodyHeight)
     help = ' ↑↓ select build  tab/1-3 view  r refresh  q quit'
   }
+  // A question keeps its "? y/n" in view: what is asked about is cut first.
+  const ask = (before: string, subject: string): string => {
+    const room = width - before.length - 6
+    return `${before}${subject.length <= room ? subject : `…${subject.slice(-(room - 1))}`}? y/n`
+  }
   const statusLine = confirm
     ? confirm.kind === 'stop'
-      ? ` Stop instance ${confirm.what}? y/n`
-      : ` Snapshot ${confirm.what} as ${confirm.tag}? y/n`
+      ? ask(' Stop instance ', confirm.what)
+      : ask(` Snapshot ${confirm.id} as `, confirm.tag)
     : status
       ? ` ${status}`
       : ''

@@ -20,7 +20,7 @@ export interface Line {
 
 const STYLE: Record<LineStyle, {color?: string; bold?: boolean; inverse?: boolean; dimColor?: boolean}> = {
   selected: {inverse: true},
-  title: {bold: true},
+  title: {bold: true, color: 'cyan'},
   dim: {dimColor: true},
   error: {color: 'red'},
   ok: {color: 'green'},
@@ -176,7 +176,7 @@ export function buildLines(builds: BuildView[] | undefined, selected: number, wi
     out.push({text: fit(text, width - right.length, true) + right, style: s.state === 'failed' ? 'error' : s.state === 'running' ? 'ok' : s.state === 'pending' ? 'dim' : undefined})
   }
   if (b.error) out.push({text: `  error: ${b.error}`, style: 'error'})
-  else if (b.digest) out.push({text: `  result: ${b.digest}`, style: 'ok'})
+  else if (b.digest) out.push({text: `  result ${b.digest}`, style: 'ok'})
   out.push(rule('output', width))
   const room = height - out.length
   for (const l of b.output.slice(-Math.max(0, room))) out.push({text: ` ${l}`})
