@@ -91,6 +91,8 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
   }, 600_000)
 
   afterAll(async () => {
+    // OVM_TUI_CAPTURE=FILE keeps what the screens showed (the README's capture).
+    if (process.env.OVM_TUI_CAPTURE) writeFileSync(process.env.OVM_TUI_CAPTURE, `${captures.join('\n')}\n`)
     await tmux('kill-server').catch(() => undefined)
     await stopDaemon(home)
     release()
@@ -101,7 +103,6 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
     const s = await waitScreen((t) => t.includes('example/heartbeat:1.0'), 'the artifact row')
     expect(s).toMatch(/^> example\/heartbeat:1\.0\s+[0-9a-f]{12}\s+\d+(\.\d)? MiB\s+2\s+1\s+0\s*$/m)
     expect(s).toContain(`[1 Artifacts (1)]  2 Instances (1)`)
-    captures.push(`$ ovm tui        # Artifacts view\n${s}`)
     const lines = s.replace(/\n$/, '').split('\n')
     expect(lines.length).toBeLessThanOrEqual(24)
     expect(Math.max(...lines.map((l) => [...l].length))).toBeLessThanOrEqual(80)
@@ -126,9 +127,8 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
     const last = (t: string): number => Math.max(...[...t.matchAll(/OVM-HEARTBEAT (\d+)/g)].map((m) => Number(m[1])))
     const before = last(s)
     await waitScreen((t) => last(t) > before, 'a newer heartbeat without a key press')
-    captures.push(`$ ovm tui        # Instances view (tab)\n${s}`)
-    // OVM_TUI_CAPTURE=FILE keeps what the screen showed (the README's capture).
-    if (process.env.OVM_TUI_CAPTURE) writeFileSync(process.env.OVM_TUI_CAPTURE, captures.join('\n'))
+    await waitScreen((t) => last(t) >= 3, 'a few heartbeats', 30_000)
+    captures.push(`# Instances view (tab): the selected instance's console, live\n${await screen()}`)
    }, 120_000)
 
   it('p snapshots the instance after a y; the snapshot is listed as an artifact referring to the original', async () => {
@@ -143,6 +143,7 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
     await keys('1')
     const s = await waitScreen((t) => t.includes('enter inspect') && /^. example\/heartbeat:snap-/m.test(t), 'the snapshot row')
     expect(s).toContain('[1 Artifacts (2)]')
+    captures.push(`# Artifacts view (1): tags, sizes, layers, signatures, other referrers, RAM snapshot\n${s}`)
     expect(s).toMatch(/^. example\/heartbeat:1\.0\s+[0-9a-f]{12}\s+\S+ MiB\s+2\s+1\s+1\s*$/m) // 1 signature, 1 other referrer: the snapshot
     expect(s).toMatch(/^. example\/heartbeat:snap-\S*\s+[0-9a-f]{12}\s+\S+ \S+\s+\d+\s+0\s+0\s+yes\s*$/m)
     await keys('2')
@@ -190,6 +191,7 @@ describe.skipIf(skip)('ovm tui in tmux (80x24) against a real store and a runnin
     expect(done).toMatch(/\+ line 6: RUN echo tui-build-marker.*\d+\.\d s/)
     expect(done).toContain(' tui-build-marker')
     expect(done).toMatch(/ {2}result sha256:[0-9a-f]{64}$/m)
+    captures.push(`# Builds view (3): an \`ovm build\` followed live, here at its end\n${done}`)
     const r = await build
     expect(r.code, r.stderr).toBe(0)
     expect(done).toContain(r.stdout.trim().split('@')[1])
