@@ -166,7 +166,7 @@ export function buildLines(builds: BuildView[] | undefined, selected: number, wi
   })
   const b = builds[selected]
   if (!b) return out
-  out.push(rule(`${b.ovmfile}${b.phase ? `  ${b.phase}` : ''}`, width))
+  out.push(rule(`${b.ovmfile}${b.phase && b.state === 'running' ? `  ${b.phase}` : ''}`, width))
   const stepRoom = Math.max(1, Math.min(b.steps.length, Math.floor((height - out.length) / 2)))
   const runningAt = Math.max(0, b.steps.findIndex((s) => s.state === 'running' || s.state === 'failed'))
   for (const s of windowAround(b.steps, runningAt, stepRoom).items) {
