@@ -2,6 +2,7 @@ import {dirname, join} from 'node:path'
 
 import {Args, Flags} from '@oclif/core'
 
+import {BuildEventLog} from '../build/event-log.js'
 import {type BuildResult, executePlan} from '../build/execute.js'
 import type {BuildPlan, PlannedStep} from '../build/plan.js'
 import {prepareBuild} from '../build/prepare.js'
@@ -99,6 +100,8 @@ export default class Build extends BaseCommand {
     let current: PlannedStep | undefined
     const failedOutput: string[] = []
     const t0 = performance.now()
+    // For `ovm tui`: the events as NDJSON under <store>/builds/ (never fails the build).
+    const events = await BuildEventLog.open(store.root, {ovmfile, tags: flags.tag, steps: plan.steps})
     const result = await executePlan({
       store,
       engine,
@@ -109,6 +112,7 @@ export default class Build extends BaseCommand {
       tags: flags.tag,
       bootPerStep: flags['boot-per-step'],
       onEvent: (e) => {
+        events?.event(e)
         if (e.type === 'step-done') stepLayers.set(e.step.index, e.layer?.digest)
         if (e.type === 'step-start' || e.type === 'step-output') current = e.step
         if (this.jsonEnabled()) return
@@ -134,6 +138,7 @@ export default class Build extends BaseCommand {
         }
       },
     }).catch(async (err: unknown) => {
+      events?.end({ok: false, error: (err as Error).message})
       if (tree && current) {
         tree.failed(current.index, (err as Error).message)
         await tree.close()
@@ -146,6 +151,7 @@ export default class Build extends BaseCommand {
     const snapshot = prepared.parsed.ovmfile.snapshot
     let baked: BakeResult | undefined
     if (snapshot) {
+      events?.event({type: 'phase', phase: 'snapshot'})
       this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : snapshot.when?.kind === 'run' ? `\`${snapshot.when.command}\` succeeds` : 'the workload starts'}`)
       baked = await bakeSnapshot({
         store,
@@ -155,12 +161,16 @@ export default class Build extends BaseCommand {
         timeoutMs: snapshot.timeoutMs,
         tag: flags.tag[0] as string,
         onLine: (l) => flags.debug && this.note(`vm: ${l}`),
+      }).catch((err: unknown) => {
+        events?.end({ok: false, error: (err as Error).message})
+        throw err
       })
       const snapDesc = await store.resolve(flags.tag[0] as string)
       for (const t of flags.tag.slice(1)) await store.tag(snapDesc, t)
       result.digest = baked.digest
       this.note(`baked a RAM snapshot: ready after ${(baked.readyMs / 1000).toFixed(1)} s, guest paused ${baked.pausedMs} ms, ${humanBytes(baked.bytes)} of new layers`)
     }
+    events?.end({ok: true, digest: result.digest})
     const seconds = (performance.now() - t0) / 1000
     const signatures: string[] = []
     if (how) {
