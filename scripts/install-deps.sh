@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-PKGS=(skopeo umoci busybox-static qemu-utils cpio e2fsprogs zstd lz4 docker-registry apache2-utils qemu-system-x86 tmux)
+PKGS=(skopeo umoci busybox-static qemu-utils cpio e2fsprogs zstd lz4 docker-registry apache2-utils qemu-system-x86 tmux gcc libc6-dev)
 
 log="$(mktemp -t ovm-install-deps.XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
