@@ -312,7 +312,6 @@ mount -t 9p -o trans=virtio,version=9p2000.L,cache=mmap,msize=512000 checkout /m
 run="/mnt/checkout/test/.cache/nested/$run_name"
 [ -f "$run/root" ] || fail "the checkout has no $run/root"
 root="$(cat "$run/root")"
-mkdir -p "/newroot$root" && mount --move /mnt/checkout "/newroot$root" || fail "cannot mount the checkout at $root"
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
@@ -321,6 +320,8 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+# last, so that a checkout under /tmp or /run is not hidden by those tmpfs
+mkdir -p "/newroot$root" && mount --move /mnt/checkout "/newroot$root" || fail "cannot mount the checkout at $root"
 echo "OVM-NESTED-READY $(cut -d' ' -f1 /proc/uptime)" >/dev/console
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 set -o pipefail
