@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 npm run build --silent
+# The native VMM: the Node addon (node-gyp) and the stand-alone tools and C tests (make).
+mkdir -p test/.cache
+npm run build:native --silent >test/.cache/native-build.log 2>&1 || { tail -n 40 test/.cache/native-build.log; echo 'test: building native/ failed (log: test/.cache/native-build.log)' >&2; exit 1; }
 bash scripts/fixtures.sh >/dev/null
 
 report=test/.cache/vitest-report.json
