@@ -1,6 +1,6 @@
 import {execFile} from 'node:child_process'
 import {createReadStream} from 'node:fs'
-import {chmod, copyFile, cp, mkdir, mkdtemp, rm, stat, truncate, writeFile} from 'node:fs/promises'
+import {chmod, copyFile, cp, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile} from 'node:fs/promises'
 import {connect, type Socket} from 'node:net'
 import {join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
@@ -458,7 +458,17 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
   }
   let initrdDesc: Descriptor | undefined
   {
-    const bytes = (await ovmsInitramfs({modulesDir: kernel.modulesDir, bootstrap})).bytes
+    let bytes = (await ovmsInitramfs({modulesDir: kernel.modulesDir, bootstrap})).bytes
+    if (file.initrd) {
+      // INITRD: an extra initramfs appended to OVMS-Init's. Linux unpacks
+      // concatenated (each possibly compressed) cpio archives in order, so
+      // the extra one's files overlay OVMS-Init's.
+      const extraPath = resolve(opts.context, file.initrd)
+      const extra = await readFile(extraPath).catch((err: unknown) => {
+        throw fileError(err, extraPath, 'INITRD')
+      })
+      bytes = Buffer.concat([bytes, extra])
+    }
     initrdDesc = {...(await store.pushBytes(OvmsMediaType.initrd, bytes)), annotations: {[Annotation.title]: layerTitle('initrd')}}
     layers.push(initrdDesc)
   }
