@@ -23,10 +23,9 @@ import type {
   ExitStatus,
   SnapshotInfo,
   SnapshotSignature,
-  VmEvent,
   VmHandle,
-  VmState,
 } from '../types.js'
+import {VmEvents} from '../vm-events.js'
 import {type NativeAddon, type NativeConfig, type NativeEvent, type NativeHandle, loadAddon} from './addon.js'
 
 export const KVM_SNAPSHOT_FORMAT_VERSION = 1
@@ -163,17 +162,13 @@ function nativeDisks(spec: BootSpec): NativeConfig['disks'] {
   })
 }
 
-type Listener = (e: VmEvent) => void
 
-class KvmVm implements VmHandle {
+class KvmVm extends VmEvents implements VmHandle {
   readonly engine = 'kvm' as const
   readonly accel = 'kvm' as const
   readonly pid = undefined
-  state: VmState = 'starting'
   startedAt = Date.now()
   private handle?: NativeHandle
-  private listeners = new Set<Listener>()
-  private lineBuf = ''
   private exitStatus?: ExitStatus
   private exited: Promise<ExitStatus>
   private resolveExit!: (s: ExitStatus) => void
@@ -189,30 +184,10 @@ class KvmVm implements VmHandle {
     private readonly spec: BootSpec,
     private readonly sig: SnapshotSignature,
   ) {
+    super()
     this.exited = new Promise((resolve) => {
       this.resolveExit = resolve
     })
-  }
-
-  on(listener: Listener): () => void {
-    this.listeners.add(listener)
-    return () => this.listeners.delete(listener)
-  }
-
-  private emit(e: VmEvent): void {
-    for (const l of this.listeners) {
-      try {
-        l(e)
-      } catch {
-        // a listener's bug must not kill the VM
-      }
-    }
-  }
-
-  private setState(s: VmState): void {
-    if (this.state === s || this.state === 'stopped' || this.state === 'error') return
-    this.state = s
-    this.emit({type: 'state', state: s, at: Date.now()})
   }
 
   async start(cfg: NativeConfig): Promise<void> {
@@ -240,10 +215,7 @@ class KvmVm implements VmHandle {
       return
     }
     if (this.exitStatus) return
-    if (this.lineBuf) {
-      this.emit({type: 'console', line: this.lineBuf, at: Date.now()})
-      this.lineBuf = ''
-    }
+    this.flushLine()
     const reason = this.stopRequested && e.reason === 'stopped' ? 'stopped' : e.reason
     const status: ExitStatus = {reason, code: null, signal: null, ...(e.detail && reason === 'crashed' ? {detail: e.detail} : {})}
     this.exitStatus = status
@@ -258,22 +230,6 @@ class KvmVm implements VmHandle {
     this.emit({type: 'exit', status, at: Date.now()})
     this.emit({type: 'state', state: this.state, at: Date.now()})
     this.resolveExit(status)
-  }
-
-  private onOutput(d: Buffer): void {
-    const at = Date.now()
-    this.emit({type: 'output', data: d, at})
-    this.lineBuf += d.toString('utf8')
-    let nl: number
-    while ((nl = this.lineBuf.indexOf('\n')) >= 0) {
-      const line = this.lineBuf.slice(0, nl).replace(/\r$/, '')
-      this.lineBuf = this.lineBuf.slice(nl + 1)
-      this.emit({type: 'console', line, at})
-    }
-    if (this.lineBuf.length > 64 * 1024) {
-      this.emit({type: 'console', line: this.lineBuf, at})
-      this.lineBuf = ''
-    }
   }
 
   private async listenAgent(path: string): Promise<void> {

@@ -26,10 +26,9 @@ import type {
   ExitStatus,
   SnapshotInfo,
   SnapshotSignature,
-  VmEvent,
   VmHandle,
-  VmState,
 } from '../types.js'
+import {VmEvents} from '../vm-events.js'
 import {SUPPORTED_DEVICE_TYPES, cpuModelFor, qemuArgs} from './args.js'
 import {QmpClient, type QmpEvent} from './qmp.js'
 import {shellQuote} from '../../util/shell.js'
@@ -214,17 +213,13 @@ function pdeathsigWrapper(): Promise<string | undefined> {
 }
 
 
-type Listener = (e: VmEvent) => void
 
-class QemuVm implements VmHandle {
+class QemuVm extends VmEvents implements VmHandle {
   readonly engine = 'qemu' as const
   readonly accel: Acceleration
-  state: VmState = 'starting'
   startedAt = Date.now()
   private proc?: ChildProcess
   private qmp?: QmpClient
-  private listeners = new Set<Listener>()
-  private lineBuf = ''
   private stderrTail: string[] = []
   private shutdownReason?: string
   private stopRequested = false
@@ -247,6 +242,7 @@ class QemuVm implements VmHandle {
     private readonly ramPath: string,
     private readonly ramShared: boolean,
   ) {
+    super()
     this.accel = sig.accel
     this.overlays = spec.disks.map((d) => d.overlay)
     this.nodes = spec.disks.map((_, i) => `disk${i}`)
@@ -257,27 +253,6 @@ class QemuVm implements VmHandle {
 
   get pid(): number | undefined {
     return this.proc?.pid
-  }
-
-  on(listener: Listener): () => void {
-    this.listeners.add(listener)
-    return () => this.listeners.delete(listener)
-  }
-
-  private emit(e: VmEvent): void {
-    for (const l of this.listeners) {
-      try {
-        l(e)
-      } catch {
-        // a listener's bug must not kill the VM
-      }
-    }
-  }
-
-  private setState(s: VmState): void {
-    if (this.state === s || this.state === 'stopped' || this.state === 'error') return
-    this.state = s
-    this.emit({type: 'state', state: s, at: Date.now()})
   }
 
   async start(opts: {incoming?: {statePath: string; ignoreShared: boolean}} = {}): Promise<void> {
@@ -346,22 +321,6 @@ class QemuVm implements VmHandle {
     this.setState('running')
   }
 
-  private onOutput(d: Buffer): void {
-    const at = Date.now()
-    this.emit({type: 'output', data: d, at})
-    this.lineBuf += d.toString('utf8')
-    let nl: number
-    while ((nl = this.lineBuf.indexOf('\n')) >= 0) {
-      const line = this.lineBuf.slice(0, nl).replace(/\r$/, '')
-      this.lineBuf = this.lineBuf.slice(nl + 1)
-      this.emit({type: 'console', line, at})
-    }
-    if (this.lineBuf.length > 64 * 1024) {
-      this.emit({type: 'console', line: this.lineBuf, at})
-      this.lineBuf = ''
-    }
-  }
-
   private onQmpEvent(e: QmpEvent): void {
     if (e.event === 'STOP' && this.state === 'running') this.setState('paused')
     else if (e.event === 'RESUME' && this.state === 'paused') this.setState('running')
@@ -373,10 +332,7 @@ class QemuVm implements VmHandle {
 
   private onExit(code: number | null, signal: NodeJS.Signals | null, spawnError?: Error): void {
     if (this.exitStatus) return
-    if (this.lineBuf) {
-      this.emit({type: 'console', line: this.lineBuf, at: Date.now()})
-      this.lineBuf = ''
-    }
+    this.flushLine()
     const r = this.shutdownReason
     let reason: ExitStatus['reason']
     if (r === 'guest-shutdown') reason = 'poweroff'
