@@ -16,7 +16,6 @@ import {type Server, type Socket, createServer} from 'node:net'
 import {cpus as osCpus} from 'node:os'
 import {join} from 'node:path'
 
-import {AbortError, ExitCode} from '../../errors/index.js'
 import type {
   BootSpec,
   Engine,
@@ -25,6 +24,7 @@ import type {
   SnapshotSignature,
   VmHandle,
 } from '../types.js'
+import {assertRestorable, engineError} from '../common.js'
 import {VmEvents} from '../vm-events.js'
 import {type NativeAddon, type NativeConfig, type NativeEvent, type NativeHandle, loadAddon} from './addon.js'
 
@@ -37,10 +37,6 @@ export interface KvmSnapshotFile {
   signature: SnapshotSignature
   createdAt: string
   disks: number
-}
-
-function engineError(code: string, message: string, hint: string, cause?: unknown): AbortError {
-  return new AbortError({code, message, hint, exitCode: ExitCode.engine, cause})
 }
 
 function cpuModel(): string {
@@ -98,16 +94,8 @@ export class KvmEngine implements Engine {
   async restore(spec: BootSpec, snapshotDir: string): Promise<VmHandle> {
     checkSpec(spec)
     const file = await readKvmSnapshotFile(snapshotDir)
-    const why = await this.checkSnapshot(file.signature)
-    if (why) throw engineError('SNAPSHOT_INCOMPATIBLE', `cannot restore snapshot ${snapshotDir}: ${why}`, 'Boot the artifact it was taken from instead (cold boot).')
     const sig = file.signature
-    if (sig.memoryMiB !== spec.memoryMiB || sig.cpus !== spec.cpus) {
-      throw engineError(
-        'SNAPSHOT_INCOMPATIBLE',
-        `cannot restore snapshot ${snapshotDir} with ${spec.memoryMiB} MiB and ${spec.cpus} vCPUs: it was taken with ${sig.memoryMiB} MiB and ${sig.cpus} vCPUs`,
-        'Leave out --memory and --cpus when running a snapshot.',
-      )
-    }
+    await assertRestorable(this, spec, snapshotDir, sig)
     const vm = new KvmVm(this.addon(), spec, sig)
     await vm.start({restoreDir: snapshotDir})
     return vm

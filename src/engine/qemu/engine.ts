@@ -18,7 +18,6 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {promisify} from 'node:util'
 
 import {createOverlay} from '../../disk/unpack.js'
-import {AbortError, ExitCode} from '../../errors/index.js'
 import type {
   Acceleration,
   BootSpec,
@@ -28,6 +27,7 @@ import type {
   SnapshotSignature,
   VmHandle,
 } from '../types.js'
+import {assertRestorable, engineError} from '../common.js'
 import {VmEvents} from '../vm-events.js'
 import {SUPPORTED_DEVICE_TYPES, cpuModelFor, qemuArgs} from './args.js'
 import {QmpClient, type QmpEvent} from './qmp.js'
@@ -56,10 +56,6 @@ export interface QemuEngineOptions {
 interface HostInfo {
   version: string
   machine: string
-}
-
-function engineError(code: string, message: string, hint: string, cause?: unknown): AbortError {
-  return new AbortError({code, message, hint, exitCode: ExitCode.engine, cause})
 }
 
 export class QemuEngine implements Engine {
@@ -144,16 +140,8 @@ export class QemuEngine implements Engine {
   async restore(spec: BootSpec, snapshotDir: string): Promise<VmHandle> {
     checkDevices(spec)
     const file = await readSnapshotFile(snapshotDir)
-    const why = await this.checkSnapshot(file.signature)
-    if (why) throw engineError('SNAPSHOT_INCOMPATIBLE', `cannot restore snapshot ${snapshotDir}: ${why}`, 'Boot the artifact it was taken from instead (cold boot).')
     const sig = file.signature
-    if (sig.memoryMiB !== spec.memoryMiB || sig.cpus !== spec.cpus) {
-      throw engineError(
-        'SNAPSHOT_INCOMPATIBLE',
-        `cannot restore snapshot ${snapshotDir} with ${spec.memoryMiB} MiB and ${spec.cpus} vCPUs: it was taken with ${sig.memoryMiB} MiB and ${sig.cpus} vCPUs`,
-        'Leave out --memory and --cpus when running a snapshot.',
-      )
-    }
+    await assertRestorable(this, spec, snapshotDir, sig)
     for (const [i, dev] of spec.devices.entries()) {
       const saved = join(snapshotDir, `device-${i}.bin`)
       if (dev.path && (await stat(saved).then(() => true, () => false))) {
