@@ -151,6 +151,16 @@ int ovm_disk_write(struct ovm_disk *d, uint64_t off, const void *buf, size_t len
 int ovm_disk_flush(struct ovm_disk *d, struct ovm_err *err);
 /* Flush and close; the qcow2 top passes `qemu-img check` afterwards. */
 void ovm_disk_close(struct ovm_disk *d);
+/* Freeze the current top (flushed, then never written again) and continue
+ * on `path`, an existing qcow2 whose backing file is that top and whose
+ * virtual size is the disk's: later writes go there, reads fall through.
+ * Atomic with respect to I/O (under the disk's mutex); a request either
+ * completes before the switch or runs entirely on the new top. On error
+ * nothing changes. */
+int ovm_disk_push_top(struct ovm_disk *d, const char *path, struct ovm_err *err);
+/* Images in the chain, and the path of image i (0 = base). */
+int ovm_disk_layers(const struct ovm_disk *d);
+const char *ovm_disk_layer_path(const struct ovm_disk *d, int i);
 
 /* One qcow2 image (qcow2.c), the building block of a chain (disk.c).
  * `backing` reads the image below at the same guest offset (zeros past its
@@ -172,6 +182,9 @@ int ovm_qcow2_write(struct ovm_qcow2 *q, uint64_t off, const void *buf, size_t l
 		    ovm_backing_read_fn backing, void *ctx, struct ovm_err *err);
 /* Data, then refcounts, then L2 tables, then L1, each stage fdatasync'd. */
 int ovm_qcow2_flush(struct ovm_qcow2 *q, struct ovm_err *err);
+/* Flush, then take no more writes (the image becomes a lower layer): the
+ * exclusive flock is downgraded to shared. */
+int ovm_qcow2_freeze(struct ovm_qcow2 *q, struct ovm_err *err);
 /* Flushes (a failure is reported through err) and frees. */
 int ovm_qcow2_close(struct ovm_qcow2 *q, struct ovm_err *err);
 
@@ -501,6 +514,9 @@ enum ovm_exit_reason ovm_vm_exit_reason(struct ovm_vm *vm);
 /* Host to guest bytes on COM1 (port 0) or COM2 (port 1): returns how many
  * fit in the receive FIFO (the rest must be offered again later). Any thread. */
 int ovm_vm_serial_input(struct ovm_vm *vm, int port, const uint8_t *data, size_t len);
+/* Freeze disk `disk`'s top image and continue on `path` (an existing qcow2
+ * backed by it; see ovm_disk_push_top). Any thread, VM running or paused. */
+int ovm_vm_push_disk_top(struct ovm_vm *vm, int disk, const char *path, struct ovm_err *err);
 /* Free everything (stops it first). */
 void ovm_vm_destroy(struct ovm_vm *vm);
 /* Human description of why KVM cannot be used here, or NULL when /dev/kvm works. */
@@ -530,6 +546,8 @@ struct ovm_vm {
 	int ncpus;
 	struct ovm_vcpu vcpu[OVM_MAX_VCPUS];
 	struct ovm_vm_config cfg;
+	struct ovm_disk *disks[OVM_MAX_DISKS]; /* owned by their virtio-blk devices */
+	int ndisks;
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;

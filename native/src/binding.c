@@ -549,6 +549,29 @@ static napi_value js_snapshot(napi_env env, napi_callback_info info)
 	return promise;
 }
 
+static napi_value js_push_disk_top(napi_env env, napi_callback_info info)
+{
+	size_t argc = 3;
+	napi_value argv[3];
+	CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	struct jvm *j = argc == 3 ? handle_of(env, argv[0]) : NULL;
+	if (!j)
+		return argc == 3 ? NULL : (napi_throw_type_error(env, NULL, "pushDiskTop(handle, disk, path)"), NULL);
+	int32_t disk;
+	char path[4096];
+	size_t len;
+	if (napi_get_value_int32(env, argv[1], &disk) != napi_ok ||
+	    napi_get_value_string_utf8(env, argv[2], path, sizeof path, &len) != napi_ok || len >= sizeof path - 1)
+		return napi_throw_type_error(env, NULL, "pushDiskTop(handle, disk number, path string)"), NULL;
+	struct ovm_err err = {0};
+	int rc = ovm_vm_push_disk_top(j->vm, disk, path, &err);
+	if (rc)
+		return throw_err(env, rc, err.msg);
+	napi_value u;
+	napi_get_undefined(env, &u);
+	return u;
+}
+
 static napi_value js_unavailable(napi_env env, napi_callback_info info)
 {
 	(void)info;
@@ -568,6 +591,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{"unavailable", js_unavailable}, {"create", js_create}, {"start", js_start},
 		{"pause", js_pause}, {"resume", js_resume}, {"stop", js_stop},
 		{"destroy", js_destroy}, {"input", js_input}, {"snapshot", js_snapshot},
+		{"pushDiskTop", js_push_disk_top},
 	};
 	for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
 		napi_value f;

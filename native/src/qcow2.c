@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -789,6 +790,17 @@ int ovm_qcow2_flush(struct ovm_qcow2 *q, struct ovm_err *err)
 		q->l1_dirty = false;
 	}
 	return sync_file(q, err);
+}
+
+int ovm_qcow2_freeze(struct ovm_qcow2 *q, struct ovm_err *err)
+{
+	int rc = ovm_qcow2_flush(q, err);
+	if (rc)
+		return rc;
+	if (q->writable)
+		(void)flock(q->fd, LOCK_SH | LOCK_NB); /* others may read it now; failure only keeps it exclusive */
+	q->writable = false;
+	return 0;
 }
 
 int ovm_qcow2_close(struct ovm_qcow2 *q, struct ovm_err *err)

@@ -406,6 +406,7 @@ int ovm_vm_init_common(struct ovm_vm *vm, const struct ovm_vm_config *cfg, uint6
 		snprintf(serial, sizeof serial, "ovm-disk%d", i);
 		if ((rc = ovm_virtio_blk_add(vm->pci, &vm->mem, d, serial, err)))
 			return rc;
+		vm->disks[vm->ndisks++] = d;
 	}
 
 	if ((rc = ovm_x86_supported_cpuid(vm->kvm_fd, &vm->cpuid, err)))
@@ -414,6 +415,13 @@ int ovm_vm_init_common(struct ovm_vm *vm, const struct ovm_vm_config *cfg, uint6
 		if ((rc = ovm_vcpu_create(vm, i, err)))
 			return rc;
 	return 0;
+}
+
+int ovm_vm_push_disk_top(struct ovm_vm *vm, int disk, const char *path, struct ovm_err *err)
+{
+	if (disk < 0 || disk >= vm->ndisks)
+		return ovm_errf(err, EINVAL, "disk %d: the VM has %d disk%s", disk, vm->ndisks, vm->ndisks == 1 ? "" : "s");
+	return ovm_disk_push_top(vm->disks[disk], path, err);
 }
 
 static int read_file(const char *path, const char *what, uint8_t **out, size_t *len, struct ovm_err *err)

@@ -358,6 +358,65 @@ static void test_locks(void)
 	ovm_disk_close(r2);
 }
 
+/* 4c. Pushing a new top while the disk is open (the builder's layer per
+ * step): writes before the push stay in the old top, later ones go to the
+ * new one only; reads see both; each image passes qemu-img check and holds
+ * only what was written while it was the top; refusals change nothing. */
+static void test_push_top(void)
+{
+	REQUIRE(sh("rm -f pb.raw pt*.qcow2 && head -c 4M /dev/urandom > pb.raw && "
+		   "qemu-img create -q -f qcow2 -o cluster_size=65536 -b pb.raw -F raw pt0.qcow2 4M && "
+		   "qemu-img create -q -f qcow2 -b pt0.qcow2 -F qcow2 pt1.qcow2 4M && "
+		   "qemu-img create -q -f qcow2 -b pt1.qcow2 -F qcow2 pt2.qcow2 4M && "
+		   "qemu-img create -q -f qcow2 -b pt0.qcow2 -F qcow2 ptbig.qcow2 8M && "
+		   "qemu-img create -q -f qcow2 ptnob.qcow2 4M") == 0);
+	const char *n[] = {"pb.raw", "pt0.qcow2"}, *f[] = {"raw", "qcow2"};
+	struct ovm_disk *d;
+	struct ovm_err e = {0};
+	REQUIRE(open_chain(&d, 2, n, f, false, &e) == 0, "%s", e.msg);
+	uint8_t a[65536], b[65536], r[65536];
+	memset(a, 0xa1, sizeof a);
+	memset(b, 0xb2, sizeof b);
+	CHECK(ovm_disk_write(d, 0, a, sizeof a, &e) == 0, "%s", e.msg);
+	/* refusals first: nothing may change */
+	CHECK(ovm_disk_push_top(d, p("nope.qcow2"), &e) == -ENOENT, "missing file: %s", e.msg);
+	CHECK(ovm_disk_push_top(d, p("ptbig.qcow2"), &e) == -EINVAL && strstr(e.msg, "differs"), "size: %s", e.msg);
+	CHECK(ovm_disk_push_top(d, p("ptnob.qcow2"), &e) == -EINVAL && strstr(e.msg, "no backing"), "backing: %s", e.msg);
+	CHECK(ovm_disk_push_top(d, p("pb.raw"), &e) < 0, "a raw file cannot be a top");
+	CHECK(ovm_disk_layers(d) == 2, "layers after refusals: %d", ovm_disk_layers(d));
+	CHECK(ovm_disk_push_top(d, p("pt1.qcow2"), &e) == 0, "push: %s", e.msg);
+	CHECK(ovm_disk_layers(d) == 3 && strcmp(ovm_disk_layer_path(d, 2), p("pt1.qcow2")) == 0);
+	/* The frozen top may now be read by others, and no longer written by anyone. */
+	const char *frozen[] = {"pb.raw", "pt0.qcow2"};
+	struct ovm_disk *x;
+	CHECK(open_chain(&x, 2, frozen, f, true, &e) == 0, "the frozen top opens shared: %s", e.msg);
+	if (x)
+		ovm_disk_close(x);
+	CHECK(ovm_disk_write(d, 65536, b, sizeof b, &e) == 0, "%s", e.msg);
+	CHECK(ovm_disk_write(d, 8192, b, 4096, &e) == 0, "overwrite inside the old top's cluster: %s", e.msg);
+	CHECK(ovm_disk_push_top(d, p("pt2.qcow2"), &e) == 0, "second push: %s", e.msg);
+	CHECK(ovm_disk_read(d, 0, r, sizeof r, &e) == 0 && r[0] == 0xa1 && r[8192] == 0xb2 && r[12288] == 0xa1,
+	      "reads fall through both pushed layers");
+	same_as_qemu(d, "pt2.qcow2", "after two pushes");
+	ovm_disk_close(d);
+	check_image("pt0.qcow2", "frozen first top");
+	check_image("pt1.qcow2", "frozen second top");
+	check_image("pt2.qcow2", "last top (written nothing)");
+	/* What each image holds: pt0 only cluster 0; pt1 clusters 0 (copy-up of the 4K write) and 1; pt2 nothing. */
+	CHECK(sh("qemu-img map -U --output=json pt0.qcow2 | grep -c '\"depth\": 0, .*\"data\": true' | grep -qx 1") == 0,
+	      "pt0 holds one cluster");
+	/* (qemu-img check leaves "allocated-clusters" out when it is 0) */
+	CHECK(sh("qemu-img check -U --output=json pt2.qcow2 > c.json && ! grep -q allocated-clusters c.json") == 0,
+	      "the last top holds nothing");
+	CHECK(sh("test \"$(qemu-img check -U --output=json pt1.qcow2 | grep -o '\"allocated-clusters\": [0-9]*')\" = '\"allocated-clusters\": 2'") == 0,
+	      "the middle top holds two clusters");
+	/* read-only disks have no top to push */
+	const char *ro[] = {"pb.raw"}, *rf[] = {"raw"};
+	REQUIRE(open_chain(&d, 1, ro, rf, true, &e) == 0, "%s", e.msg);
+	CHECK(ovm_disk_push_top(d, p("pt2.qcow2"), &e) == -EROFS, "read-only: %s", e.msg);
+	ovm_disk_close(d);
+}
+
 /* 5. A crash (process death without close) after a flush leaves a
  * consistent image that holds everything flushed. */
 static void test_crash(void)
@@ -417,6 +476,7 @@ int main(void)
 	test_refusals();
 	test_raw();
 	test_locks();
+	test_push_top();
 	test_crash();
 	fuzz("-o compat=1.1,cluster_size=65536", 8u << 20, 400, 200000, 100, "v3 64K");
 	fuzz("-o compat=0.10,cluster_size=4096", 4u << 20, 400, 40000, 150, "v2 4K");
