@@ -22,7 +22,7 @@ vitest_rc=$?
 # The KVM suite needs a /dev/kvm that works: run it inside the nested guest
 # (scripts/nested-kvm.sh). No report from it counts as a failure in the summary.
 echo "test: running test/kvm inside the nested KVM guest (scripts/nested-kvm.sh)"
-bash scripts/nested-kvm.sh --timeout 600 -- \
+bash scripts/nested-kvm.sh --timeout 1200 -- \
   node_modules/.bin/vitest run test/kvm --reporter=default --reporter=json --outputFile="$kvm_report"
 kvm_rc=$?
 node scripts/vitest-summary.mjs "$report" "$kvm_report"

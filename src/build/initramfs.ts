@@ -2,7 +2,7 @@ import {readFile} from 'node:fs/promises'
 import {gzipSync} from 'node:zlib'
 
 import {type CpioEntry, S_IFCHR, S_IFDIR, S_IFREG, cpioNewc} from '../disk/cpio.js'
-import {builtinModules, indexModules, resolveModules} from '../disk/kmod.js'
+import {resolveModulesIn} from '../disk/kmod.js'
 import type {BootstrapConfig} from '../artifact/manifest.js'
 import {AbortError, ExitCode, fileError} from '../errors/index.js'
 import {shellQuote} from '../util/shell.js'
@@ -213,8 +213,15 @@ poweroff -f
 }
 
 /** The boot initramfs of a built artifact (OVMS-Init profile). */
-export async function ovmsInitramfs(opts: {modulesDir: string; bootstrap: BootstrapConfig; busybox?: string} & OvmsInitOptions): Promise<BuilderInitramfs> {
+export async function ovmsInitramfs(opts: InitramfsOptions & {bootstrap: BootstrapConfig} & OvmsInitOptions): Promise<BuilderInitramfs> {
   return assembleInitramfs(opts, (mods) => [{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(ovmsInitScript(mods, opts.bootstrap, opts))}], rootFsModules(opts.rootFs))
+}
+
+export interface InitramfsOptions {
+  modulesDir: string
+  busybox?: string
+  /** Compress the cpio archive (default: gzip level 6); the build passes one that reuses earlier results. */
+  gzip?: (cpio: Buffer) => Promise<Buffer>
 }
 
 export interface BuilderInitramfs {
@@ -223,14 +230,14 @@ export interface BuilderInitramfs {
 }
 
 /** Assemble the builder's initramfs (gzip'd newc cpio) from busybox-static and the kernel's modules. */
-export async function buildInitramfs(opts: {modulesDir: string; busybox?: string}): Promise<BuilderInitramfs> {
+export async function buildInitramfs(opts: InitramfsOptions): Promise<BuilderInitramfs> {
   return assembleInitramfs(opts, (mods) => [
     {name: 'init', mode: S_IFREG | 0o755, data: Buffer.from(initScript(mods))},
     {name: 'agent.sh', mode: S_IFREG | 0o755, data: Buffer.from(AGENT_SCRIPT)},
   ])
 }
 
-async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, scripts: (modules: string[]) => CpioEntry[], extraModules: string[] = []): Promise<BuilderInitramfs> {
+async function assembleInitramfs(opts: InitramfsOptions, scripts: (modules: string[]) => CpioEntry[], extraModules: string[] = []): Promise<BuilderInitramfs> {
   const busyboxPath = opts.busybox ?? DEFAULT_BUSYBOX
   let busybox: Buffer
   try {
@@ -238,8 +245,7 @@ async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, s
   } catch (err) {
     throw fileError(err, busyboxPath, 'busybox (install Debian\'s busybox-static)')
   }
-  const index = await indexModules(opts.modulesDir)
-  const {order, missing} = await resolveModules(index, [...BUILDER_MODULES, ...extraModules], await builtinModules(opts.modulesDir))
+  const {order, missing} = await resolveModulesIn(opts.modulesDir, [...BUILDER_MODULES, ...extraModules])
   const needed = missing.filter((m) => m !== 'libcrc32c' && m !== 'crc32c_generic')
   if (needed.length > 0) {
     throw new AbortError({
@@ -264,5 +270,6 @@ async function assembleInitramfs(opts: {modulesDir: string; busybox?: string}, s
     ...scripts(order.map((m) => m.name)),
   ]
   for (const m of order) entries.push({name: `lib/modules/${m.name}.ko`, mode: S_IFREG | 0o644, data: await readFile(m.path)})
-  return {bytes: gzipSync(cpioNewc(entries), {level: 6}), modules: order.map((m) => m.name)}
+  const cpio = cpioNewc(entries)
+  return {bytes: opts.gzip ? await opts.gzip(cpio) : gzipSync(cpio, {level: 6}), modules: order.map((m) => m.name)}
 }

@@ -21,7 +21,7 @@ import {pipeline} from 'node:stream/promises'
 import {promisify} from 'node:util'
 
 import {loadArtifact} from '../artifact/load.js'
-import {builtinModules, indexModules, modinfo, resolveModules} from '../disk/kmod.js'
+import {indexModules, modinfo, resolveModulesIn} from '../disk/kmod.js'
 import {AbortError, ExitCode, fileError, isErrno} from '../errors/index.js'
 import {digestHex} from '../oci/digest.js'
 import type {LayoutStore} from '../oci/layout.js'
@@ -116,9 +116,11 @@ export async function checkModules(dir: string, kernelRelease?: string, opts: {b
       ref: dir,
     })
   }
-  const index = await indexModules(dir)
+  let index = await indexModules(dir)
   if (opts.builder !== false) {
-    const {missing} = await resolveModules(index, BUILDER_MODULES, await builtinModules(dir))
+    const r = await resolveModulesIn(dir, BUILDER_MODULES)
+    index = r.index
+    const {missing} = r
     // crc32c may come from an accelerated driver; initramfs.ts treats these two as optional as well
     const needed = missing.filter((m) => m !== 'libcrc32c' && m !== 'crc32c_generic')
     if (needed.length > 0) {

@@ -4,15 +4,10 @@ import {readFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
 import {AbortError, ExitCode, fileError, isErrno, isOvmError} from '../errors/index.js'
-import {copy, referrersOf} from '../oci/copy.js'
 import type {Descriptor} from '../oci/descriptor.js'
 import {parseReference} from '../oci/reference.js'
-import {openRemote} from '../oci/remote/client.js'
-import {enforcePolicy, loadPolicy, policyPath} from '../sign/policy.js'
-import {remoteSource} from '../sign/sign.js'
 import {type LayoutStore, pathExists, writeAtomic} from '../oci/layout.js'
 import {type ParseResult, type Problem, ovmfileError, readOvmfile} from '../ovmfile/index.js'
-import {imageBase} from '../convert/base.js'
 import type {ImageConfig} from '../convert/source.js'
 import {withFileLock} from '../oci/lock.js'
 import type {Ovmfile} from '../ovmfile/types.js'
@@ -81,6 +76,8 @@ export async function prepareBuild(store: LayoutStore, opts: PrepareOptions): Pr
     baseKey = await fileDigest(path)
     baseDescription = `disk ${from.path}`
   } else if (from.kind === 'image') {
+    // Loaded here: image conversion, registries and Sigstore are heavy to import, and most builds need none of them.
+    const {imageBase} = await import('../convert/base.js')
     const base = await imageBase(store, from.source, {
       ...(from.size !== undefined ? {size: from.size} : {}),
       cwd: opts.context,
@@ -113,6 +110,12 @@ async function resolveOrPull(store: LayoutStore, ref: string): Promise<Descripto
   } catch (err) {
     if (!(isOvmError(err) && err.code === 'REF_NOT_FOUND' && parseReference(ref).registry)) throw err
   }
+  const [{openRemote}, {enforcePolicy, loadPolicy, policyPath}, {remoteSource}, {copy, referrersOf}] = await Promise.all([
+    import('../oci/remote/client.js'),
+    import('../sign/policy.js'),
+    import('../sign/sign.js'),
+    import('../oci/copy.js'),
+  ])
   const src = openRemote(ref)
   await enforcePolicy(remoteSource(src.repository, {checkBlobs: false}), ref, await loadPolicy(policyPath(store.root)))
   await store.init()

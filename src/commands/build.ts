@@ -8,16 +8,12 @@ import type {BuildPlan, PlannedStep} from '../build/plan.js'
 import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
 import {registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
-import {type BakeResult, bakeSnapshot} from '../contract/bake.js'
-import {QemuEngine} from '../engine/qemu/engine.js'
-import {copy, referrersOf} from '../oci/copy.js'
+import type {BakeResult} from '../contract/bake.js'
+import type {EngineChoice} from '../engine/select.js'
+import type {Engine} from '../engine/types.js'
 import {parseReference} from '../oci/reference.js'
-import {openRemote} from '../oci/remote/client.js'
 import {AbortError, ExitCode} from '../errors/index.js'
-import {keylessConfig} from '../sign/keyless.js'
-import {loadPrivateKey, passphraseFromEnv} from '../sign/keys.js'
-import {SLSA_PROVENANCE_V1, buildProvenance} from '../sign/provenance.js'
-import {type SigningMethod, signArtifact} from '../sign/sign.js'
+import type {SigningMethod} from '../sign/sign.js'
 import {BuildProgress} from '../ui/build-progress.js'
 import {humanBytes, isInteractive, shortDigest} from '../ui/format.js'
 
@@ -46,7 +42,11 @@ export default class Build extends BaseCommand {
     'build-arg': Flags.string({description: 'KEY=VALUE for an ARG; repeatable.', multiple: true, multipleNonGreedy: true, default: []}),
     'no-cache': Flags.boolean({description: 'Ignore the build cache.'}),
     'dry-run': Flags.boolean({description: 'Print the plan (steps, cache keys, hits and misses) and stop.'}),
-    engine: Flags.string({description: 'Engine for the builder VM.', options: ['qemu'], default: 'qemu'}),
+    engine: Flags.string({
+      description: 'Engine for the builder VM (and the SNAPSHOT boot): kvm (ovm\'s own VMM), qemu, or auto: kvm where /dev/kvm runs guests, else qemu.',
+      options: ['auto', 'kvm', 'qemu'],
+      default: 'auto',
+    }),
     sign: Flags.boolean({description: 'Sign the result: with --key (passphrase in OVM_KEY_PASSWORD), or keyless through Fulcio and Rekor with a CI OIDC token (SIGSTORE_ID_TOKEN, GitHub Actions).'}),
     provenance: Flags.boolean({description: 'Attach a signed SLSA provenance v1 attestation (with --sign).'}),
     key: Flags.string({description: 'Private key for --sign/--provenance; without it they sign keyless.'}),
@@ -89,9 +89,28 @@ export default class Build extends BaseCommand {
       })
     }
     // Signing is settled before the build: a local key, or keyless with the CI's OIDC token (refused now, not after the build, when there is none).
-    const how: SigningMethod | undefined =
-      flags.sign || flags.provenance ? (flags.key ? await loadPrivateKey(flags.key, passphraseFromEnv()) : {keyless: keylessConfig({})}) : undefined
-    const engine = new QemuEngine()
+    // Signing, registries, engines and Sigstore are imported only when used: a cached rebuild needs none of them.
+    let how: SigningMethod | undefined
+    if (flags.sign || flags.provenance) {
+      if (flags.key) {
+        const {loadPrivateKey, passphraseFromEnv} = await import('../sign/keys.js')
+        how = await loadPrivateKey(flags.key, passphraseFromEnv())
+      } else {
+        const {keylessConfig} = await import('../sign/keyless.js')
+        how = {keyless: keylessConfig({})}
+      }
+    }
+    // The engine is chosen when a step has to run (a fully cached build needs none).
+    const choice = flags.engine as EngineChoice
+    let selected: Engine | undefined
+    const engine = async (): Promise<Engine> => {
+      if (selected) return selected
+      const {selectEngine} = await import('../engine/select.js')
+      const s = await selectEngine(choice)
+      if (flags.debug && s.fallbackReason) this.note(`builder engine: ${s.engine.name} (${s.fallbackReason})`)
+      selected = s.engine
+      return selected
+    }
     const startedOn = new Date()
     const stepLayers = new Map<number, string | undefined>()
     for (const s of plan.steps) if (s.cached) stepLayers.set(s.index, s.layer)
@@ -153,6 +172,7 @@ export default class Build extends BaseCommand {
     if (snapshot) {
       events?.event({type: 'phase', phase: 'snapshot'})
       this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : snapshot.when?.kind === 'run' ? `\`${snapshot.when.command}\` succeeds` : 'the workload starts'}`)
+      const {bakeSnapshot} = await import('../contract/bake.js')
       baked = await bakeSnapshot({
         store,
         reference: result.digest,
@@ -160,6 +180,7 @@ export default class Build extends BaseCommand {
         whenRun: snapshot.when?.kind === 'run' ? snapshot.when.command : undefined,
         timeoutMs: snapshot.timeoutMs,
         tag: flags.tag[0] as string,
+        engine: choice,
         onLine: (l) => flags.debug && this.note(`vm: ${l}`),
       }).catch((err: unknown) => {
         events?.end({ok: false, error: (err as Error).message})
@@ -174,6 +195,7 @@ export default class Build extends BaseCommand {
     const seconds = (performance.now() - t0) / 1000
     const signatures: string[] = []
     if (how) {
+      const [{signArtifact}, {SLSA_PROVENANCE_V1, buildProvenance}] = await Promise.all([import('../sign/sign.js'), import('../sign/provenance.js')])
       const ref = result.references[0] as string
       if (flags.sign) signatures.push((await signArtifact({store}, ref, how)).signature)
       if (flags.provenance) {
@@ -183,7 +205,7 @@ export default class Build extends BaseCommand {
           tags: flags.tag,
           base: plan.base,
           kernel: {path: prepared.parsed.ovmfile.kernel!.ref, digest: result.ovms.kernel!.ref},
-          engine: {name: engine.name, version: (await engine.hostInfo()).version},
+          engine: await engine().then(async (e) => ({name: e.name, version: await e.version()})),
           steps: plan.steps.map((s) => ({line: s.line, text: s.text, cacheKey: s.cacheKey, layer: stepLayers.get(s.index)})),
           startedOn,
           finishedOn: new Date(),
@@ -195,6 +217,7 @@ export default class Build extends BaseCommand {
     }
     const pushed: string[] = []
     if (flags.push) {
+      const [{openRemote}, {copy, referrersOf}] = await Promise.all([import('../oci/remote/client.js'), import('../oci/copy.js')])
       for (const t of pushTo) {
         const dst = openRemote(t, registryOptions(flags))
         const ui = transferProgress(`push ${t}`, this.jsonEnabled(), (l) => this.note(l))

@@ -1,6 +1,7 @@
 import {connect, type Socket} from 'node:net'
 import {setTimeout as sleep} from 'node:timers/promises'
 
+import type {EngineChoice} from '../engine/select.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import type {LayoutStore} from '../oci/layout.js'
 import {Runtime} from './runtime.js'
@@ -20,6 +21,8 @@ export interface BakeOptions {
   timeoutMs: number
   /** Where the artifact with the RAM snapshot is tagged (its `subject` is `reference`). */
   tag: string
+  /** The engine to boot it on (default auto: see selectEngine). */
+  engine?: EngineChoice
   onLine?: (line: string) => void
 }
 
@@ -39,7 +42,7 @@ export async function bakeSnapshot(opts: BakeOptions): Promise<BakeResult> {
   const runtime = new Runtime({store: opts.store})
   const pattern = new RegExp(opts.when ?? `^${WORKLOAD_START_MARKER}$`)
   const t0 = Date.now()
-  const st = await runtime.start({manifest: opts.reference})
+  const st = await runtime.start({manifest: opts.reference, ...(opts.engine ? {overrides: {engine: opts.engine}} : {})})
   const inst = runtime.get(st.instance_id)
   try {
     await new Promise<void>((resolve, reject) => {

@@ -10,8 +10,7 @@ import {join} from 'node:path'
 
 import {type LoadedArtifact, loadArtifact} from '../artifact/load.js'
 import {type ChainFormat, createOverlay, unpackDiskChain} from '../disk/unpack.js'
-import {readSnapshotFile} from '../engine/qemu/engine.js'
-import {type EngineChoice, defaultEngines, selectEngine} from '../engine/select.js'
+import {type EngineChoice, defaultEngines, readSnapshotSignature, selectEngine} from '../engine/select.js'
 import type {BootSpec, DeviceSpec, Engine, EngineName, ExitStatus, VmHandle} from '../engine/types.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import type {LayoutStore} from '../oci/layout.js'
@@ -187,7 +186,7 @@ export class Runtime {
         let sig = declared
         if (!refused) {
           snapDir = await unpackRamSnapshot(this.store, ram.descriptor)
-          sig = (await readSnapshotFile(snapDir)).signature
+          sig = await readSnapshotSignature(snapDir)
           refused = await engine.checkSnapshot(sig)
         }
         if (refused) {

@@ -139,9 +139,19 @@ export async function unpackDiskChain(store: LayoutStore, layers: DiskLayerRef[]
   return chain
 }
 
-/** A throw-away qcow2 overlay on top of a chain's top file. */
-export async function createOverlay(top: {path: string; format: ChainFormat}, overlay: string): Promise<void> {
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', top.path, '-F', top.format, overlay]).catch((err: unknown) => {
+export interface OverlayOptions {
+  /**
+   * qcow2 cluster size in bytes (qemu-img's default: 64 KiB). A write copies
+   * up a whole cluster, so layers meant to hold only what a step wrote use
+   * the file system's block size (4 KiB).
+   */
+  clusterSize?: number
+}
+
+/** A qcow2 overlay on top of a chain's top file. */
+export async function createOverlay(top: {path: string; format: ChainFormat}, overlay: string, opts: OverlayOptions = {}): Promise<void> {
+  const o = opts.clusterSize ? ['-o', `cluster_size=${opts.clusterSize}`] : []
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', ...o, '-b', top.path, '-F', top.format, overlay]).catch((err: unknown) => {
     throw new AbortError({
       code: 'OVERLAY_FAILED',
       message: `cannot create the disk overlay ${overlay} on ${top.path}: ${(err as {stderr?: string}).stderr?.trim() || (err as Error).message}`,

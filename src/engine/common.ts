@@ -1,4 +1,7 @@
 /** What both engines say the same way: their errors, and whether a snapshot fits the machine asked for. */
+import {rm} from 'node:fs/promises'
+
+import {type OverlayOptions, createOverlay} from '../disk/unpack.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import type {BootSpec, Engine, SnapshotSignature} from './types.js'
 
@@ -17,4 +20,17 @@ export async function assertRestorable(engine: Engine, spec: BootSpec, snapshotD
       'Leave out --memory and --cpus when running a snapshot.',
     )
   }
+}
+
+/**
+ * addOverlay's first half, the same for both engines: check the disk is a
+ * writable one, then make `path`, a fresh qcow2 backed by the disk's current
+ * top (`tops[disk]`). The engine then switches the VM onto it.
+ */
+export async function makeNextOverlay(spec: BootSpec, tops: readonly string[], disk: number, path: string, opts: OverlayOptions = {}): Promise<void> {
+  const d = spec.disks[disk]
+  if (!d || d.readOnly) throw engineError('NO_SUCH_DISK', `disk ${disk} does not exist or is read-only`, 'Name a writable disk of the VM (0 = the first).')
+  await rm(path, {force: true})
+  // Made here rather than by the VMM (QEMU would print "Formatting ..." on the console's stdout).
+  await createOverlay({path: tops[disk] as string, format: 'qcow2'}, path, opts)
 }

@@ -3,9 +3,12 @@
  * else `qemu`. An explicit choice is honoured or refused with the reason.
  */
 import {AbortError, ExitCode} from '../errors/index.js'
-import {KvmEngine} from './kvm/engine.js'
-import {QemuEngine} from './qemu/engine.js'
-import type {Engine, EngineName} from './types.js'
+import {readFile} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import {KvmEngine, readKvmSnapshotFile} from './kvm/engine.js'
+import {QemuEngine, readSnapshotFile} from './qemu/engine.js'
+import type {Engine, EngineName, SnapshotSignature} from './types.js'
 
 export type EngineChoice = EngineName | 'auto'
 
@@ -44,4 +47,18 @@ export async function selectEngine(choice: EngineChoice = 'auto', engines: Parti
     hint: choice === 'kvm' ? 'Use --engine qemu, or run where /dev/kvm works (see rfc/runtime.md).' : 'Install qemu-system-x86 (scripts/install-deps.sh), or run where /dev/kvm works.',
     exitCode: ExitCode.engine,
   })
+}
+
+/**
+ * The signature of a snapshot folder made by either engine: snapshot.json
+ * names its maker, whose own reader then checks the rest of the file.
+ */
+export async function readSnapshotSignature(dir: string): Promise<SnapshotSignature> {
+  let maker: unknown
+  try {
+    maker = (JSON.parse(await readFile(join(dir, 'snapshot.json'), 'utf8')) as {signature?: {engine?: unknown}}).signature?.engine
+  } catch {
+    // missing or not JSON: the reader below says so
+  }
+  return (maker === 'kvm' ? await readKvmSnapshotFile(dir) : await readSnapshotFile(dir)).signature
 }

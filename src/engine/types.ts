@@ -9,6 +9,8 @@
  *                                           │
  *                                           └── snapshot(dir) (paused for the copy)
  */
+import type {OverlayOptions} from '../disk/unpack.js'
+
 export type EngineName = 'qemu' | 'kvm'
 
 /** Where the guest's code runs: hardware virtualisation or emulation. */
@@ -127,7 +129,7 @@ export interface VmHandle {
    * `path` (created by the engine, backed by the old overlay). The builder
    * uses it to cut one layer per step; quiesce the guest's file system first.
    */
-  addOverlay?(disk: number, path: string): Promise<void>
+  addOverlay?(disk: number, path: string, opts?: OverlayOptions): Promise<void>
   /** Stop the VM: a graceful power-off request for `graceMs`, then a hard stop. */
   stop(opts?: {graceMs?: number}): Promise<ExitStatus>
   /** Resolves when the VM has ended, for whatever reason. */
@@ -138,6 +140,8 @@ export interface Engine {
   readonly name: EngineName
   /** Why this engine cannot run here, or undefined when it can. */
   unavailable(): Promise<string | undefined>
+  /** The VMM's version (QEMU's, or the native engine's own), as recorded in provenance. */
+  version(): Promise<string>
   boot(spec: BootSpec): Promise<VmHandle>
   /** Whether this engine can restore a snapshot: undefined, or the reason it cannot. */
   checkSnapshot(sig: SnapshotSignature): Promise<string | undefined>

@@ -1,4 +1,4 @@
-import {randomBytes} from 'node:crypto'
+import {createHash, randomBytes} from 'node:crypto'
 import {createReadStream, createWriteStream} from 'node:fs'
 import {
   appendFile,
@@ -188,10 +188,20 @@ export class LayoutStore implements Target {
     const out = createWriteStream(ingestPath, {flags: 'wx', mode: 0o444})
     try {
       await pipeline(src, hasher, out)
-      await fsyncPath(ingestPath)
       const digest = hasher.digest as string
       await this.addLease(digest)
       const final = this.blobPath(digest)
+      // Already stored and intact (blobs are named by their content): keep that copy and skip the
+      // fsync. A damaged copy is replaced by the new one.
+      const have = await stat(final).then(
+        async (st) => st.size === hasher.size && (await fileSha256(final)) === digest,
+        () => false,
+      )
+      if (have) {
+        await unlink(ingestPath).catch(() => undefined)
+        return {digest, size: hasher.size}
+      }
+      await fsyncPath(ingestPath)
       await rename(ingestPath, final)
       return {digest, size: hasher.size}
     } catch (err) {
@@ -554,4 +564,10 @@ export async function writeAtomic(path: string, bytes: Uint8Array, mode = 0o644)
     await unlink(tmp).catch(() => undefined)
     throw new BugError(`could not rename ${tmp} to ${path}`, err)
   }
+}
+
+async function fileSha256(path: string): Promise<string> {
+  const h = createHash('sha256')
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  return `sha256:${h.digest('hex')}`
 }

@@ -69,6 +69,9 @@ class ScriptedEngine implements Engine {
   async unavailable(): Promise<string | undefined> {
     return undefined
   }
+  async version(): Promise<string> {
+    return 'scripted'
+  }
   async boot(spec: BootSpec): Promise<VmHandle> {
     this.specs.push(spec)
     if (this.failNext) {

@@ -1,5 +1,5 @@
 import {execFile} from 'node:child_process'
-import {existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync} from 'node:fs'
+import {chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {Readable} from 'node:stream'
 import {promisify} from 'node:util'
@@ -62,6 +62,20 @@ describe('LayoutStore', () => {
     const e2 = await rejects(store.push({mediaType: 'x', digest: sha256('good'), size: 3}, Readable.from([Buffer.from('good')])))
     expect(e2.code).toBe('DIGEST_MISMATCH')
     expect(hashAllBlobs(store.root)).toEqual([])
+    expect(readdirSync(join(store.root, 'ingest'))).toEqual([])
+  })
+
+  it('ingesting a blob it already has keeps the stored copy, and replaces a damaged one', async () => {
+    await store.init()
+    const a = await store.ingest(Readable.from([Buffer.from('same bytes')]))
+    const ino = statSync(store.blobPath(a.digest)).ino
+    const b = await store.ingest(Readable.from([Buffer.from('same bytes')]))
+    expect(b).toEqual(a)
+    expect(statSync(store.blobPath(a.digest)).ino).toBe(ino) // not rewritten
+    chmodSync(store.blobPath(a.digest), 0o644)
+    writeFileSync(store.blobPath(a.digest), 'same bYtes') // damaged, same size
+    await store.ingest(Readable.from([Buffer.from('same bytes')]))
+    expect(readFileSync(store.blobPath(a.digest), 'utf8')).toBe('same bytes')
     expect(readdirSync(join(store.root, 'ingest'))).toEqual([])
   })
 

@@ -34,6 +34,8 @@ export interface NativeAddon {
   destroy(h: NativeHandle): void
   /** Bytes for COM1 (0) or COM2 (1); returns how many the receive FIFO took. */
   input(h: NativeHandle, port: 0 | 1, data: Buffer): number
+  /** Freeze disk `disk`'s top image and continue on the qcow2 at `path` (backed by it). */
+  pushDiskTop(h: NativeHandle, disk: number, path: string): void
   /** Leaves the VM paused. */
   snapshot(h: NativeHandle, dir: string): Promise<{memBytes: number; stateBytes: number; pausedMs: number; totalMs: number}>
 }

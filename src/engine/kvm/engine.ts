@@ -24,7 +24,8 @@ import type {
   SnapshotSignature,
   VmHandle,
 } from '../types.js'
-import {assertRestorable, engineError} from '../common.js'
+import type {OverlayOptions} from '../../disk/unpack.js'
+import {assertRestorable, engineError, makeNextOverlay} from '../common.js'
 import {VmEvents} from '../vm-events.js'
 import {type NativeAddon, type NativeConfig, type NativeEvent, type NativeHandle, loadAddon} from './addon.js'
 
@@ -54,6 +55,10 @@ export class KvmEngine implements Engine {
       return addon.unavailable() ?? undefined
     })()
     return this.why
+  }
+
+  async version(): Promise<string> {
+    return KVM_ENGINE_VERSION
   }
 
   private addon(): NativeAddon {
@@ -166,6 +171,8 @@ class KvmVm extends VmEvents implements VmHandle {
   private agentConn?: Socket
   private busy = Promise.resolve()
   private stopRequested = false
+  /** Each disk's current top-most writable file (changes with addOverlay). */
+  private readonly overlays: string[]
 
   constructor(
     private readonly addon: NativeAddon,
@@ -173,6 +180,7 @@ class KvmVm extends VmEvents implements VmHandle {
     private readonly sig: SnapshotSignature,
   ) {
     super()
+    this.overlays = spec.disks.map((d) => d.overlay)
     this.exited = new Promise((resolve) => {
       this.resolveExit = resolve
     })
@@ -340,7 +348,7 @@ class KvmVm extends VmEvents implements VmHandle {
         for (const [i, d] of this.spec.disks.entries()) {
           if (d.readOnly) continue
           const to = join(dir, `disk-${i}.qcow2`)
-          await copyFile(d.overlay, `${to}.tmp`)
+          await copyFile(this.overlays[i] as string, `${to}.tmp`)
           await rm(to, {force: true})
           await copyFile(`${to}.tmp`, to)
           await rm(`${to}.tmp`, {force: true})
@@ -368,6 +376,25 @@ class KvmVm extends VmEvents implements VmHandle {
         }
         throw engineError('SNAPSHOT_FAILED', `snapshot to ${dir} failed: ${(err as Error).message}`, 'Check free disk space; the VM keeps running.', err)
       }
+    })
+  }
+
+  /**
+   * Freeze disk `disk`'s top image and go on writing a new qcow2 at `path`
+   * (backed by it). The addon switches under the disk's lock, so a request
+   * lands wholly in the old top or the new; the guest need not be paused.
+   */
+  addOverlay(disk: number, path: string, opts: OverlayOptions = {}): Promise<void> {
+    return this.serial(async () => {
+      const h = this.live('add an overlay')
+      await makeNextOverlay(this.spec, this.overlays, disk, path, opts)
+      try {
+        this.addon.pushDiskTop(h, disk, path)
+      } catch (err) {
+        await rm(path, {force: true})
+        throw engineError('OVERLAY_FAILED', `cannot continue disk ${disk} on ${path}: ${(err as Error).message}`, 'The VM keeps writing its current overlay; check free space and the folder.', err)
+      }
+      this.overlays[disk] = path
     })
   }
 

@@ -17,7 +17,6 @@ import {join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {promisify} from 'node:util'
 
-import {createOverlay} from '../../disk/unpack.js'
 import type {
   Acceleration,
   BootSpec,
@@ -27,7 +26,8 @@ import type {
   SnapshotSignature,
   VmHandle,
 } from '../types.js'
-import {assertRestorable, engineError} from '../common.js'
+import type {OverlayOptions} from '../../disk/unpack.js'
+import {assertRestorable, engineError, makeNextOverlay} from '../common.js'
 import {VmEvents} from '../vm-events.js'
 import {SUPPORTED_DEVICE_TYPES, cpuModelFor, qemuArgs} from './args.js'
 import {QmpClient, type QmpEvent} from './qmp.js'
@@ -68,6 +68,10 @@ export class QemuEngine implements Engine {
     this.binary = opts.binary ?? process.env.OVM_QEMU ?? 'qemu-system-x86_64'
     const env = process.env.OVM_QEMU_ACCEL
     this.defaultAccel = opts.accel ?? (env === 'kvm' ? 'kvm' : 'tcg')
+  }
+
+  async version(): Promise<string> {
+    return (await this.hostInfo()).version
   }
 
   /** QEMU's version and the concrete machine type behind the `pc` alias. */
@@ -164,8 +168,13 @@ export async function readSnapshotFile(dir: string): Promise<QemuSnapshotFile> {
   } catch (err) {
     throw engineError('SNAPSHOT_INVALID', `${dir} is not a snapshot: snapshot.json is missing`, 'Take the snapshot again with `ovm snapshot`.', err)
   }
-  const f = JSON.parse(text) as QemuSnapshotFile
-  if (!f.signature || (f.memory !== 'file' && f.memory !== 'stream')) {
+  let f: QemuSnapshotFile
+  try {
+    f = JSON.parse(text) as QemuSnapshotFile
+  } catch (err) {
+    throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json is not JSON: ${(err as Error).message}`, 'Take the snapshot again with `ovm snapshot`.', err)
+  }
+  if (!f?.signature || (f.memory !== 'file' && f.memory !== 'stream')) {
     throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json lacks a signature or memory mode`, 'Take the snapshot again with `ovm snapshot`.')
   }
   return f
@@ -445,13 +454,9 @@ class QemuVm extends VmEvents implements VmHandle {
     })
   }
 
-  addOverlay(disk: number, path: string): Promise<void> {
+  addOverlay(disk: number, path: string, opts: OverlayOptions = {}): Promise<void> {
     return this.serial(async () => {
-      const d = this.spec.disks[disk]
-      if (!d || d.readOnly) throw engineError('NO_SUCH_DISK', `disk ${disk} does not exist or is read-only`, 'Name a writable disk of the VM (0 = the first).')
-      await rm(path, {force: true})
-      // Made here rather than by QEMU (which would print "Formatting ..." on the console's stdout).
-      await createOverlay({path: this.overlays[disk] as string, format: 'qcow2'}, path)
+      await makeNextOverlay(this.spec, this.overlays, disk, path, opts)
       // With -blockdev the device follows the new top node; the old overlay stays as its backing file, frozen.
       await this.live('add an overlay').execute('blockdev-snapshot-sync', {
         'node-name': this.nodes[disk],
