@@ -470,14 +470,6 @@ int ovm_vm_snapshot(struct ovm_vm *vm, const char *dir, struct ovm_snap_stats *s
 	memset(st, 0, sizeof *st);
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
 		return ovm_errf(err, errno, "snapshot: mkdir %s: %s", dir, strerror(errno));
-	/* Under nested KVM a restored 2-vCPU guest answered its console and
-	 * wrote its disk but its timers never fired again (sleep never
-	 * returned); until that is understood, only 1-vCPU VMs are saved. */
-	if (vm->ncpus > 1)
-		return ovm_errf(err, ENOTSUP,
-				"snapshot: VMs with %d vCPUs cannot be snapshotted yet (after a restore their timers stop); "
-				"use 1 vCPU for VMs you snapshot",
-				vm->ncpus);
 	int rc = ovm_vm_pause(vm, err);
 	if (rc)
 		return rc;
@@ -574,30 +566,34 @@ int ovm_vm_snapshot(struct ovm_vm *vm, const char *dir, struct ovm_snap_stats *s
 
 /* ----------------------------------------------------------- restoring */
 
-static int restore_vm_state(struct ovm_vm *vm, struct ovm_rd *r, struct ovm_err *err)
+static int set_clock(struct ovm_vm *vm, const struct kvm_clock_data *clock, struct ovm_err *err)
+{
+	/* KVM_CLOCK_REALTIME: KVM moves kvmclock on by the wall time since the snapshot. */
+	struct kvm_clock_data set;
+	memset(&set, 0, sizeof set);
+	set.clock = clock->clock;
+	set.flags = clock->flags & KVM_CLOCK_REALTIME;
+	set.realtime = clock->realtime;
+	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &set) < 0) {
+		set.flags = 0;
+		if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &set) < 0)
+			return ovm_errf(err, errno, "restore: KVM_SET_CLOCK: %s", strerror(errno));
+	}
+	return 0;
+}
+
+static int restore_vm_state(struct ovm_vm *vm, struct ovm_rd *r, struct kvm_clock_data *clock, struct ovm_err *err)
 {
 	struct kvm_pit_state2 pit;
-	struct kvm_clock_data clock;
 	struct kvm_irqchip chip[3];
 	int rc = get_blob(r, &pit, sizeof pit, "PIT state", err);
-	rc = rc ?: get_blob(r, &clock, sizeof clock, "clock", err);
+	rc = rc ?: get_blob(r, clock, sizeof *clock, "clock", err);
 	for (int i = 0; i < 3; i++)
 		rc = rc ?: get_blob(r, &chip[i], sizeof chip[i], "irqchip", err);
 	if (rc)
 		return rc;
 	if (ioctl(vm->vm_fd, KVM_SET_PIT2, &pit) < 0)
 		return ovm_errf(err, errno, "restore: KVM_SET_PIT2: %s", strerror(errno));
-	/* KVM_CLOCK_REALTIME: KVM moves kvmclock on by the wall time since the snapshot. */
-	struct kvm_clock_data set;
-	memset(&set, 0, sizeof set);
-	set.clock = clock.clock;
-	set.flags = clock.flags & KVM_CLOCK_REALTIME;
-	set.realtime = clock.realtime;
-	if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &set) < 0) {
-		set.flags = 0;
-		if (ioctl(vm->vm_fd, KVM_SET_CLOCK, &set) < 0)
-			return ovm_errf(err, errno, "restore: KVM_SET_CLOCK: %s", strerror(errno));
-	}
 	for (int i = 0; i < 3; i++)
 		if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chip[i]) < 0)
 			return ovm_errf(err, errno, "restore: KVM_SET_IRQCHIP %d: %s", i, strerror(errno));
@@ -792,6 +788,7 @@ int ovm_vm_restore(struct ovm_vm **out, const struct ovm_vm_config *cfg, const c
 	struct ovm_rd r = {body, h.body_len, 0};
 	int vcpus = 0;
 	bool have_vm = false;
+	struct kvm_clock_data clock;
 	while (!rc && r.off < r.len) {
 		uint32_t sh[2];
 		if ((rc = ovm_rd_get(&r, sh, sizeof sh, "section header", err)))
@@ -803,7 +800,7 @@ int ovm_vm_restore(struct ovm_vm **out, const struct ovm_vm_config *cfg, const c
 		struct ovm_rd s = {r.data + r.off, sh[1], 0};
 		r.off += sh[1];
 		switch (sh[0]) {
-		case SEC_VM: rc = restore_vm_state(vm, &s, err); have_vm = true; break;
+		case SEC_VM: rc = restore_vm_state(vm, &s, &clock, err); have_vm = true; break;
 		case SEC_VCPU:
 			if (!have_vm)
 				rc = ovm_errf(err, EINVAL, "restore: vCPU state before VM state in %s", sp);
@@ -826,6 +823,10 @@ int ovm_vm_restore(struct ovm_vm **out, const struct ovm_vm_config *cfg, const c
 			rc = ovm_errf(err, EINVAL, "restore: section %u of %s has %zu bytes left over", sh[0], sp,
 				      s.len - s.off);
 	}
+	/* kvmclock last, once every vCPU has its TSC (QEMU's order too): set
+	 * before them, the TSC writes that follow move the clock's base. */
+	if (!rc && have_vm)
+		rc = set_clock(vm, &clock, err);
 	if (!rc && vcpus != vm->ncpus)
 		rc = ovm_errf(err, EINVAL, "restore: %s holds %d vCPU states for %d vCPUs", sp, vcpus, vm->ncpus);
 out:

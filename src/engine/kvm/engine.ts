@@ -135,7 +135,7 @@ function checkSpec(spec: BootSpec): void {
     )
   }
   if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > 8) {
-    throw engineError('CPUS_UNSUPPORTED', `the kvm engine runs 1 to 8 vCPUs, ${spec.cpus} asked for`, 'Use --cpus 1 to 8 (1 for VMs you snapshot), or the qemu engine.')
+    throw engineError('CPUS_UNSUPPORTED', `the kvm engine runs 1 to 8 vCPUs, ${spec.cpus} asked for`, 'Use --cpus 1 to 8, or the qemu engine.')
   }
   if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 32) {
     throw engineError('MEMORY_INVALID', `memory ${spec.memoryMiB} MiB: give a whole number of MiB, at least 32`, 'Set memory to e.g. 256.')

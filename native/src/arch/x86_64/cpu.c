@@ -18,6 +18,15 @@ int ovm_x86_supported_cpuid(int kvm_fd, struct kvm_cpuid2 **out, struct ovm_err 
 			return ovm_errf(err, ENOMEM, "cpuid: out of memory");
 		c->nent = n;
 		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			/* KVM emulates the TSC-deadline LAPIC timer but leaves its bit
+			 * (1.ECX[24]) out of the supported list (a capability says it).
+			 * Without it Linux calibrates the APIC timer against the PIT,
+			 * which fails under emulation ("APIC timer disabled due to
+			 * verification failure"), and an SMP guest's timers stop. */
+			if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0)
+				for (uint32_t i = 0; i < c->nent; i++)
+					if (c->entries[i].function == 1)
+						c->entries[i].ecx |= 1u << 24;
 			*out = c;
 			return 0;
 		}
