@@ -347,6 +347,23 @@ static struct jvm *handle_of(napi_env env, napi_value v)
 	return j;
 }
 
+/* A call whose first argument is a VM handle and which takes exactly n
+ * arguments (into argv): the handle, or NULL with a JS exception thrown
+ * (a TypeError naming `usage` when the count is wrong). */
+static struct jvm *handle_call(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *usage)
+{
+	size_t argc = n;
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+		napi_throw_error(env, NULL, "cannot read the call's arguments");
+		return NULL;
+	}
+	if (argc != n) {
+		napi_throw_type_error(env, NULL, usage);
+		return NULL;
+	}
+	return handle_of(env, argv[0]);
+}
+
 static napi_value js_create(napi_env env, napi_callback_info info)
 {
 	size_t argc = 2;
@@ -452,12 +469,10 @@ static napi_value js_destroy(napi_env env, napi_callback_info info)
 
 static napi_value js_input(napi_env env, napi_callback_info info)
 {
-	size_t argc = 3;
 	napi_value argv[3];
-	CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-	struct jvm *j = argc == 3 ? handle_of(env, argv[0]) : NULL;
+	struct jvm *j = handle_call(env, info, 3, argv, "input(handle, port, buffer)");
 	if (!j)
-		return argc == 3 ? NULL : (napi_throw_type_error(env, NULL, "input(handle, port, buffer)"), NULL);
+		return NULL;
 	int32_t port;
 	void *data;
 	size_t len;
@@ -527,12 +542,10 @@ static void snap_complete(napi_env env, napi_status status, void *data)
 
 static napi_value js_snapshot(napi_env env, napi_callback_info info)
 {
-	size_t argc = 2;
 	napi_value argv[2];
-	CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-	struct jvm *j = argc == 2 ? handle_of(env, argv[0]) : NULL;
+	struct jvm *j = handle_call(env, info, 2, argv, "snapshot(handle, dir)");
 	if (!j)
-		return argc == 2 ? NULL : (napi_throw_type_error(env, NULL, "snapshot(handle, dir)"), NULL);
+		return NULL;
 	size_t len;
 	if (napi_get_value_string_utf8(env, argv[1], NULL, 0, &len) != napi_ok)
 		return napi_throw_type_error(env, NULL, "snapshot(handle, dir): dir must be a string"), NULL;
@@ -551,12 +564,10 @@ static napi_value js_snapshot(napi_env env, napi_callback_info info)
 
 static napi_value js_push_disk_top(napi_env env, napi_callback_info info)
 {
-	size_t argc = 3;
 	napi_value argv[3];
-	CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-	struct jvm *j = argc == 3 ? handle_of(env, argv[0]) : NULL;
+	struct jvm *j = handle_call(env, info, 3, argv, "pushDiskTop(handle, disk, path)");
 	if (!j)
-		return argc == 3 ? NULL : (napi_throw_type_error(env, NULL, "pushDiskTop(handle, disk, path)"), NULL);
+		return NULL;
 	int32_t disk;
 	char path[4096];
 	size_t len;

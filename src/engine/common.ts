@@ -1,5 +1,6 @@
 /** What both engines say the same way: their errors, and whether a snapshot fits the machine asked for. */
-import {rm} from 'node:fs/promises'
+import {readFile, rm} from 'node:fs/promises'
+import {join} from 'node:path'
 
 import {type OverlayOptions, createOverlay} from '../disk/unpack.js'
 import {AbortError, ExitCode} from '../errors/index.js'
@@ -33,4 +34,22 @@ export async function makeNextOverlay(spec: BootSpec, tops: readonly string[], d
   await rm(path, {force: true})
   // Made here rather than by the VMM (QEMU would print "Formatting ..." on the console's stdout).
   await createOverlay({path: tops[disk] as string, format: 'qcow2'}, path, opts)
+}
+
+/**
+ * A snapshot folder's snapshot.json, parsed, for either engine's reader
+ * (which then checks its own fields): missing or not JSON is SNAPSHOT_INVALID.
+ */
+export async function readSnapshotJson(dir: string): Promise<unknown> {
+  let text: string
+  try {
+    text = await readFile(join(dir, 'snapshot.json'), 'utf8')
+  } catch (err) {
+    throw engineError('SNAPSHOT_INVALID', `${dir} is not a snapshot: snapshot.json is missing`, 'Take the snapshot again with `ovm snapshot`.', err)
+  }
+  try {
+    return JSON.parse(text) as unknown
+  } catch (err) {
+    throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json is not JSON: ${(err as Error).message}`, 'Take the snapshot again with `ovm snapshot`.', err)
+  }
 }

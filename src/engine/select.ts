@@ -3,9 +3,7 @@
  * else `qemu`. An explicit choice is honoured or refused with the reason.
  */
 import {AbortError, ExitCode} from '../errors/index.js'
-import {readFile} from 'node:fs/promises'
-import {join} from 'node:path'
-
+import {readSnapshotJson} from './common.js'
 import {KvmEngine, readKvmSnapshotFile} from './kvm/engine.js'
 import {QemuEngine, readSnapshotFile} from './qemu/engine.js'
 import type {Engine, EngineName, SnapshotSignature} from './types.js'
@@ -54,11 +52,6 @@ export async function selectEngine(choice: EngineChoice = 'auto', engines: Parti
  * names its maker, whose own reader then checks the rest of the file.
  */
 export async function readSnapshotSignature(dir: string): Promise<SnapshotSignature> {
-  let maker: unknown
-  try {
-    maker = (JSON.parse(await readFile(join(dir, 'snapshot.json'), 'utf8')) as {signature?: {engine?: unknown}}).signature?.engine
-  } catch {
-    // missing or not JSON: the reader below says so
-  }
+  const maker = ((await readSnapshotJson(dir)) as {signature?: {engine?: unknown}} | null)?.signature?.engine
   return (maker === 'kvm' ? await readKvmSnapshotFile(dir) : await readSnapshotFile(dir)).signature
 }

@@ -11,7 +11,7 @@
  * pages as holes, mapped private on restore), `disk-N.qcow2` (each writable
  * disk's overlay at the snapshot instant) and `snapshot.json` (written last).
  */
-import {copyFile, mkdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {copyFile, mkdir, rm, stat, writeFile} from 'node:fs/promises'
 import {type Server, type Socket, createServer} from 'node:net'
 import {cpus as osCpus} from 'node:os'
 import {join} from 'node:path'
@@ -25,7 +25,7 @@ import type {
   VmHandle,
 } from '../types.js'
 import type {OverlayOptions} from '../../disk/unpack.js'
-import {assertRestorable, engineError, makeNextOverlay} from '../common.js'
+import {assertRestorable, engineError, makeNextOverlay, readSnapshotJson} from '../common.js'
 import {VmEvents} from '../vm-events.js'
 import {type NativeAddon, type NativeConfig, type NativeEvent, type NativeHandle, loadAddon} from './addon.js'
 
@@ -108,18 +108,7 @@ export class KvmEngine implements Engine {
 }
 
 export async function readKvmSnapshotFile(dir: string): Promise<KvmSnapshotFile> {
-  let text: string
-  try {
-    text = await readFile(join(dir, 'snapshot.json'), 'utf8')
-  } catch (err) {
-    throw engineError('SNAPSHOT_INVALID', `${dir} is not a snapshot: snapshot.json is missing`, 'Take the snapshot again with `ovm snapshot`.', err)
-  }
-  let f: KvmSnapshotFile
-  try {
-    f = JSON.parse(text) as KvmSnapshotFile
-  } catch (err) {
-    throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json is not JSON: ${(err as Error).message}`, 'Take the snapshot again with `ovm snapshot`.', err)
-  }
+  const f = (await readSnapshotJson(dir)) as KvmSnapshotFile
   if (!f?.signature || typeof f.signature.formatVersion !== 'number') {
     throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json lacks a signature`, 'Take the snapshot again with `ovm snapshot`.')
   }

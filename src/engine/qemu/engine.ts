@@ -11,7 +11,7 @@
  * the snapshot's RAM file private, so nothing ever writes it.
  */
 import {type ChildProcess, execFile, spawn} from 'node:child_process'
-import {chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {chmod, copyFile, mkdir, mkdtemp, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
@@ -27,7 +27,7 @@ import type {
   VmHandle,
 } from '../types.js'
 import type {OverlayOptions} from '../../disk/unpack.js'
-import {assertRestorable, engineError, makeNextOverlay} from '../common.js'
+import {assertRestorable, engineError, makeNextOverlay, readSnapshotJson} from '../common.js'
 import {VmEvents} from '../vm-events.js'
 import {SUPPORTED_DEVICE_TYPES, cpuModelFor, qemuArgs} from './args.js'
 import {QmpClient, type QmpEvent} from './qmp.js'
@@ -162,18 +162,7 @@ export class QemuEngine implements Engine {
 }
 
 export async function readSnapshotFile(dir: string): Promise<QemuSnapshotFile> {
-  let text: string
-  try {
-    text = await readFile(join(dir, 'snapshot.json'), 'utf8')
-  } catch (err) {
-    throw engineError('SNAPSHOT_INVALID', `${dir} is not a snapshot: snapshot.json is missing`, 'Take the snapshot again with `ovm snapshot`.', err)
-  }
-  let f: QemuSnapshotFile
-  try {
-    f = JSON.parse(text) as QemuSnapshotFile
-  } catch (err) {
-    throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json is not JSON: ${(err as Error).message}`, 'Take the snapshot again with `ovm snapshot`.', err)
-  }
+  const f = (await readSnapshotJson(dir)) as QemuSnapshotFile
   if (!f?.signature || (f.memory !== 'file' && f.memory !== 'stream')) {
     throw engineError('SNAPSHOT_INVALID', `${dir}/snapshot.json lacks a signature or memory mode`, 'Take the snapshot again with `ovm snapshot`.')
   }
