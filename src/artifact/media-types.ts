@@ -22,6 +22,28 @@ export const OvmsAnnotation = {
   diskSize: 'ovms.disk.size',
 } as const
 
+/**
+ * Extension annotations on the OVMS manifest: the guest's memory and vCPUs
+ * as the Ovmfile's MEMORY and CPUS gave them. Runtimes use them when a start
+ * request names none (rfc/ovms-v0.1.md).
+ */
+export const ResourceAnnotation = {
+  memoryMiB: 'dev.ovm.memory-mib',
+  cpus: 'dev.ovm.cpus',
+} as const
+
+/** The memory (MiB) and vCPUs an artifact's annotations ask for; a value that is not a whole number in range is ignored. */
+export function resourcesFromAnnotations(a: Record<string, string> | undefined): {memoryMiB?: number; cpus?: number} {
+  const whole = (v: string | undefined, min: number, max: number): number | undefined => {
+    if (v === undefined || !/^\d{1,7}$/.test(v)) return undefined
+    const n = Number(v)
+    return n >= min && n <= max ? n : undefined
+  }
+  const memoryMiB = whole(a?.[ResourceAnnotation.memoryMiB], 32, 4_194_304)
+  const cpus = whole(a?.[ResourceAnnotation.cpus], 1, 64)
+  return {...(memoryMiB ? {memoryMiB} : {}), ...(cpus ? {cpus} : {})}
+}
+
 export type RamCompression = 'lz4' | 'zstd' | 'none'
 
 export function ramSnapshotMediaType(c: RamCompression): string {

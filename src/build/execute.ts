@@ -8,7 +8,7 @@ import {promisify} from 'node:util'
 import {gzipSync} from 'node:zlib'
 
 import type {BootstrapConfig, OvmsManifest} from '../artifact/manifest.js'
-import {OvmsAnnotation, OvmsMediaType, layerTitle} from '../artifact/media-types.js'
+import {OvmsAnnotation, OvmsMediaType, ResourceAnnotation, layerTitle} from '../artifact/media-types.js'
 import {buildArtifact} from '../artifact/oci.js'
 import {probeDiskImage} from '../disk/image.js'
 import {singleFileTar, singleFileTarSize} from '../disk/tar.js'
@@ -21,10 +21,12 @@ import {withFileLock} from '../oci/lock.js'
 import {sha256} from '../oci/digest.js'
 import type {Ovmfile, Step} from '../ovmfile/types.js'
 import {buildInitramfs, ovmsInitramfs} from './initramfs.js'
-import {type ResolvedKernel, looksLikePath, resolveKernel} from './kernel.js'
+import {type ResolvedKernel, baseArtifactKernel, looksLikePath, resolveKernel} from './kernel.js'
 import type {BuildPlan, CacheEntry, CacheIndex, PlannedStep} from './plan.js'
 import {cacheIndexPath, readCacheIndex} from './prepare.js'
 import {shellQuote} from '../util/shell.js'
+
+const MiB = 1024 * 1024
 
 const run = promisify(execFile)
 
@@ -335,6 +337,25 @@ async function stepLayer(store: LayoutStore, path: string, index: number): Promi
   return ingestDisk(store, path, index)
 }
 
+async function buildKernel(store: LayoutStore, file: Ovmfile, plan: BuildPlan, context: string): Promise<ResolvedKernel> {
+  const kref = file.kernel
+  if (!kref) {
+    if (file.from?.kind === 'artifact') return baseArtifactKernel(store, plan.base.key, file.from.ref)
+    throw new AbortError({
+      code: 'MISSING_KERNEL',
+      message: `${file.source}: FROM ${file.from?.kind ?? '(none)'} needs a KERNEL`,
+      hint: 'Add KERNEL REF (a kernel artifact from `ovm kernel import`) or KERNEL PATH MODULES DIR; only FROM REF takes its base artifact\'s kernel.',
+      exitCode: ExitCode.invalid,
+      ref: file.source,
+    })
+  }
+  const asPath = resolve(context, kref.ref)
+  const isPath = Boolean(kref.modules) || looksLikePath(kref.ref) || (await stat(asPath).then(() => true, () => false))
+  return isPath
+    ? resolveKernel(store, asPath, {modules: kref.modules ? resolve(context, kref.modules) : undefined, cwd: context})
+    : resolveKernel(store, kref.ref)
+}
+
 /** Run the plan: boot the builder, run each uncached step, turn each into a diff layer, and assemble the artifact. */
 export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
   const {store, file, plan} = opts
@@ -343,22 +364,9 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
   await mkdir(join(store.root, 'cache'), {recursive: true})
   const work = await mkdtemp(join(store.root, 'cache', 'build-'))
   const cache = await readCacheIndex(store)
-  if (!file.kernel) {
-    throw new AbortError({
-      code: 'MISSING_KERNEL',
-      message: `${file.source}: a build needs a KERNEL (taking the base artifact's kernel is not supported yet)`,
-      hint: 'Add KERNEL REF (a kernel artifact from `ovm kernel import`) or KERNEL PATH MODULES DIR.',
-      exitCode: ExitCode.invalid,
-      ref: file.source,
-    })
-  }
-  // KERNEL: a file in the context (with MODULES, or a .deb / unpacked root) or a kernel artifact (`ovm kernel import`).
-  const kref = file.kernel
-  const asPath = resolve(opts.context, kref.ref)
-  const isPath = Boolean(kref.modules) || looksLikePath(kref.ref) || (await stat(asPath).then(() => true, () => false))
-  const kernel = isPath
-    ? await resolveKernel(store, asPath, {modules: kref.modules ? resolve(opts.context, kref.modules) : undefined, cwd: opts.context})
-    : await resolveKernel(store, kref.ref)
+  // KERNEL: a file in the context (with MODULES, or a .deb / unpacked root) or a kernel artifact (`ovm kernel import`);
+  // without one, FROM REF takes the base artifact's kernel (and the modules its initramfs carries).
+  const kernel = await buildKernel(store, file, plan, opts.context)
   try {
     emit({type: 'phase', phase: 'base'})
     const layers: DiskLayer[] = await baseLayer(store, file, plan, opts.context, cache, work)
@@ -394,8 +402,9 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
           kernel: kernel.kernel,
           initrd,
           cmdline: 'console=ttyS0 panic=-1 quiet',
-          memoryMiB: opts.memoryMiB ?? 512,
-          cpus: 1,
+          // The builder gets the Ovmfile's MEMORY when that is more than 512 MiB, and its CPUS.
+          memoryMiB: opts.memoryMiB ?? Math.max(512, Math.ceil((file.memory ?? 0) / MiB)),
+          cpus: file.cpus ?? 1,
           disks: [
             {chain: chain.map((c) => ({path: c.path, format: c.format})), overlay: overlays[0]!},
             {chain: [{path: ctx, format: 'raw'}], overlay: '', readOnly: true},
@@ -513,6 +522,12 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
   layers.push(...disks.map((d, i) => ({...d.descriptor, annotations: {...d.descriptor.annotations, [Annotation.title]: layerTitle('disk', i)}})))
   const bootDesc = {...(await store.pushBytes(OvmsMediaType.bootstrapConfig, jsonBytes(bootstrap))), annotations: {[Annotation.title]: layerTitle('bootstrap')}}
   layers.push(bootDesc)
+  // LABELs, and MEMORY and CPUS as the defaults `ovm run` boots with.
+  const annotations: Record<string, string> = {
+    ...file.labels,
+    ...(file.memory ? {[ResourceAnnotation.memoryMiB]: String(Math.ceil(file.memory / MiB))} : {}),
+    ...(file.cpus ? {[ResourceAnnotation.cpus]: String(file.cpus)} : {}),
+  }
   const name = file.labels['org.opencontainers.image.title'] ?? nameFromTag(opts.tags[0])
   const ovms: OvmsManifest = {
     schemaVersion: 1,
@@ -525,7 +540,7 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
     ...(file.devices.length ? {devices: file.devices} : {}),
     metadata: {created: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'), platform: {arch: 'x86_64', uefi: false}},
     bootstrap: {ref: bootDesc.digest},
-    ...(Object.keys(file.labels).length ? {annotations: file.labels} : {}),
+    ...(Object.keys(annotations).length ? {annotations} : {}),
   }
   const built = buildArtifact(ovms, layers)
   await store.push(built.config, built.configBytes)

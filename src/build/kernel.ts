@@ -14,13 +14,14 @@
 import {execFile, spawn} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {createWriteStream} from 'node:fs'
-import {chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, stat} from 'node:fs/promises'
+import {chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {basename, join, resolve} from 'node:path'
 import {pipeline} from 'node:stream/promises'
 import {promisify} from 'node:util'
 
 import {loadArtifact} from '../artifact/load.js'
+import {type CpioEntry, S_IFREG, firstInitramfsArchive, readCpioNewc} from '../disk/cpio.js'
 import {indexModules, modinfo, resolveModulesIn} from '../disk/kmod.js'
 import {AbortError, ExitCode, fileError, isErrno} from '../errors/index.js'
 import {digestHex} from '../oci/digest.js'
@@ -391,19 +392,37 @@ async function onlyChild(dir: string, what: string, ref: string): Promise<string
   return names[0]!
 }
 
-/** Unpack a kernel artifact from the store into the cache (once). */
-async function unpackKernelArtifact(store: LayoutStore, ref: string): Promise<{kernel: string; modulesDir: string; version: string}> {
-  const a = await loadArtifact(store, ref)
+/**
+ * Unpack a kernel artifact from the store into the cache (once). With
+ * `fromInitrd` (FROM REF without KERNEL), any OVMS artifact will do that has a
+ * kernel and either a kernel-modules layer or an initramfs that `ovm build`
+ * made: the modules OVMS-Init loads are the builder's too.
+ */
+async function unpackKernelArtifact(store: LayoutStore, artifactRef: string, opts: {fromInitrd?: boolean; name?: string} = {}): Promise<{kernel: string; modulesDir: string; version: string}> {
+  const a = await loadArtifact(store, artifactRef)
+  // For messages: the reference as the user wrote it.
+  const ref = opts.name ?? artifactRef
   const kernelLayer = a.layers.find((l) => l.role === 'kernel')
   const modulesLayer = a.layers.find((l) => l.role === 'kernel-modules')
-  if (!kernelLayer || !modulesLayer) {
-    throw new AbortError({
-      code: 'NOT_A_KERNEL_ARTIFACT',
-      message: `${ref} is not a kernel artifact: it has ${kernelLayer ? 'no kernel-modules layer' : 'no kernel layer'}`,
-      hint: 'Make one with `ovm kernel import PATH|DEB -t REF`, or give a kernel path with MODULES.',
-      exitCode: ExitCode.invalid,
-      ref,
-    })
+  const initrdLayer = opts.fromInitrd && !modulesLayer ? a.layers.find((l) => l.role === 'initrd') : undefined
+  if (!kernelLayer || (!modulesLayer && !initrdLayer)) {
+    throw new AbortError(
+      opts.fromInitrd
+        ? {
+            code: 'BASE_HAS_NO_KERNEL',
+            message: `the base artifact ${ref} has ${kernelLayer ? 'neither a kernel-modules layer nor an initrd' : 'no kernel'}, so the build cannot take its kernel`,
+            hint: 'Add KERNEL REF (a kernel artifact from `ovm kernel import`) or KERNEL PATH MODULES DIR to the Ovmfile.',
+            exitCode: ExitCode.invalid,
+            ref,
+          }
+        : {
+            code: 'NOT_A_KERNEL_ARTIFACT',
+            message: `${ref} is not a kernel artifact: it has ${kernelLayer ? 'no kernel-modules layer' : 'no kernel layer'}`,
+            hint: 'Make one with `ovm kernel import PATH|DEB -t REF`, or give a kernel path with MODULES.',
+            exitCode: ExitCode.invalid,
+            ref,
+          },
+    )
   }
   const final = join(kernelCacheDir(store), digestHex(a.descriptor.digest))
   const read = async (dir: string): Promise<{kernel: string; modulesDir: string; version: string}> => {
@@ -418,7 +437,8 @@ async function unpackKernelArtifact(store: LayoutStore, ref: string): Promise<{k
     await mkdir(tmp)
     // Blobs are verified against their digests while read.
     await pipeline(await store.fetch(kernelLayer.descriptor), createWriteStream(join(tmp, 'kernel'), {mode: 0o644}))
-    await extractModulesTar(await store.fetch(modulesLayer.descriptor), tmp, ref)
+    if (modulesLayer) await extractModulesTar(await store.fetch(modulesLayer.descriptor), tmp, ref)
+    else await extractInitrdModules(await store.fetchBytes(initrdLayer!.descriptor), join(tmp, 'kernel'), tmp, ref)
     await read(tmp)
     await chmod(join(tmp, 'kernel'), 0o444)
     try {
@@ -433,6 +453,35 @@ async function unpackKernelArtifact(store: LayoutStore, ref: string): Promise<{k
     await rm(tmp, {recursive: true, force: true})
     throw err
   }
+}
+
+/**
+ * The modules an initramfs made by `ovm build` carries (`lib/modules/NAME.ko`,
+ * in load order) as `into/lib/modules/RELEASE/` with a modules.order, so the
+ * builder finds them as in any modules folder.
+ */
+async function extractInitrdModules(initrd: Buffer, kernel: string, into: string, ref: string): Promise<void> {
+  const bad = (why: string): AbortError =>
+    new AbortError({
+      code: 'BASE_HAS_NO_KERNEL',
+      message: `the base artifact ${ref}: its initrd ${why}, so the build cannot take its kernel modules from it`,
+      hint: 'Add KERNEL REF (a kernel artifact from `ovm kernel import`) or KERNEL PATH MODULES DIR to the Ovmfile.',
+      exitCode: ExitCode.invalid,
+      ref,
+    })
+  let entries: CpioEntry[]
+  try {
+    entries = readCpioNewc(firstInitramfsArchive(initrd))
+  } catch (err) {
+    throw bad(`cannot be read (${(err as Error).message})`)
+  }
+  const modules = entries.filter((e) => /^lib\/modules\/[^/]+\.ko$/.test(e.name) && (e.mode & 0o170000) === S_IFREG && e.data)
+  if (modules.length === 0) throw bad('holds no kernel modules (it was not made by `ovm build`)')
+  const {release} = await probeKernel(kernel)
+  const dir = join(into, 'lib', 'modules', release ?? 'unknown')
+  await mkdir(dir, {recursive: true})
+  for (const m of modules) await writeFile(join(dir, basename(m.name)), m.data!, {mode: 0o644})
+  await writeFile(join(dir, 'modules.order'), modules.map((m) => basename(m.name)).join('\n') + '\n')
 }
 
 /** Extract only lib/modules/ from a modules tar stream into `into`. */
@@ -469,6 +518,12 @@ async function extractModulesTar(src: NodeJS.ReadableStream, into: string, ref: 
  * in the store (unpacked once into `<store>/cache/kernels/<digest>/`), or a
  * local path (a kernel image with `modules`, a .deb, or a root folder).
  */
+/** The kernel (and builder modules) of a base artifact, for FROM REF without KERNEL. */
+export async function baseArtifactKernel(store: LayoutStore, digest: string, name: string): Promise<ResolvedKernel> {
+  const k = await unpackKernelArtifact(store, digest, {fromInitrd: true, name})
+  return {...k, cleanup: async () => undefined}
+}
+
 export async function resolveKernel(store: LayoutStore, ref: string, opts: ResolveKernelOptions = {}): Promise<ResolvedKernel> {
   const noop = async (): Promise<void> => undefined
   if (!looksLikePath(ref)) {

@@ -4,6 +4,7 @@ import {readFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
 import {AbortError, ExitCode, fileError, isErrno, isOvmError} from '../errors/index.js'
+import type {BootstrapConfig} from '../artifact/manifest.js'
 import type {Descriptor} from '../oci/descriptor.js'
 import {parseReference} from '../oci/reference.js'
 import {type LayoutStore, pathExists, writeAtomic} from '../oci/layout.js'
@@ -92,6 +93,7 @@ export async function prepareBuild(store: LayoutStore, opts: PrepareOptions): Pr
     baseDescription = `${from.source} (${base.description})`
   } else {
     const desc = await resolveOrPull(store, from.ref)
+    await inheritBaseArtifact(store, parsed.ovmfile, desc.digest)
     baseKey = desc.digest
     baseDescription = `${from.ref}@${desc.digest}`
   }
@@ -178,4 +180,57 @@ export function inheritImageConfig(file: Ovmfile, image: ImageConfig): void {
   }
   for (const p of Object.keys(c.ExposedPorts ?? {})) if (/^[0-9]{1,5}(\/(tcp|udp))?$/.test(p) && !file.exposedPorts.includes(p)) file.exposedPorts.push(p)
   if (c.User && !file.user) file.user = c.User
+}
+
+/**
+ * FROM REF: the base artifact's settings as the Ovmfile's defaults, as FROM
+ * does in a Dockerfile: its bootstrap config (env, workdir, entrypoint, cmd,
+ * ports, user: the same rules as a FROM image's config), its kernel command
+ * line, MEMORY, CPUS and devices unless the Ovmfile gives its own, and its
+ * labels under the Ovmfile's (but its title and version, which name it). Its RAM snapshot and the snapshot's annotations
+ * are not inherited. The kernel itself is taken at build time when the
+ * Ovmfile names none (baseArtifactKernel).
+ */
+/** Labels that name the base itself: the new artifact takes its name and version from its own tag or labels. */
+const NOT_INHERITED = new Set(['org.opencontainers.image.title', 'org.opencontainers.image.version'])
+
+export async function inheritBaseArtifact(store: LayoutStore, file: Ovmfile, digest: string): Promise<void> {
+  const {loadArtifact} = await import('../artifact/load.js')
+  const {ResourceAnnotation, resourcesFromAnnotations} = await import('../artifact/media-types.js')
+  const base = await loadArtifact(store, digest)
+  const boot = base.layers.find((l) => l.role === 'bootstrap')
+  if (boot) {
+    let cfg: BootstrapConfig
+    try {
+      cfg = JSON.parse((await store.fetchBytes(boot.descriptor)).toString('utf8')) as BootstrapConfig
+    } catch (err) {
+      throw new AbortError({
+        code: 'BASE_INVALID',
+        message: `FROM ${file.from?.kind === 'artifact' ? file.from.ref : digest}: the base artifact's bootstrap config is not JSON (${(err as Error).message})`,
+        hint: 'Rebuild or pull the base artifact again; `ovm store verify` checks the stored blobs.',
+        exitCode: ExitCode.integrity,
+        ref: digest,
+      })
+    }
+    inheritImageConfig(file, {
+      config: {
+        ...(cfg.env ? {Env: cfg.env} : {}),
+        ...(cfg.workdir ? {WorkingDir: cfg.workdir} : {}),
+        ...(cfg.entrypoint ? {Entrypoint: cfg.entrypoint} : {}),
+        ...(cfg.cmd ? {Cmd: cfg.cmd} : {}),
+        ...(cfg.exposedPorts ? {ExposedPorts: Object.fromEntries(cfg.exposedPorts.map((p) => [p, {}]))} : {}),
+        ...(cfg.user ? {User: cfg.user} : {}),
+      },
+    } as ImageConfig)
+  }
+  const {ovms} = base
+  if (file.cmdline === undefined && ovms.kernel?.args) file.cmdline = ovms.kernel.args
+  const res = resourcesFromAnnotations(ovms.annotations)
+  if (file.memory === undefined && res.memoryMiB) file.memory = res.memoryMiB * 1024 * 1024
+  if (file.cpus === undefined && res.cpus) file.cpus = res.cpus
+  if (file.devices.length === 0 && ovms.devices?.length) file.devices = ovms.devices.map((d) => ({...d}))
+  const labels = Object.entries(ovms.annotations ?? {}).filter(
+    ([k]) => !k.startsWith('dev.ovm.snapshot.') && !NOT_INHERITED.has(k) && k !== ResourceAnnotation.memoryMiB && k !== ResourceAnnotation.cpus,
+  )
+  file.labels = {...Object.fromEntries(labels), ...file.labels}
 }

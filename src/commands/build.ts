@@ -1,10 +1,13 @@
-import {dirname, join} from 'node:path'
+import {existsSync} from 'node:fs'
+import {dirname, join, resolve} from 'node:path'
+import {pathToFileURL} from 'node:url'
 
 import {Args, Flags} from '@oclif/core'
 
 import {BuildEventLog} from '../build/event-log.js'
 import {type BuildResult, executePlan} from '../build/execute.js'
 import type {BuildPlan, PlannedStep} from '../build/plan.js'
+import {looksLikePath} from '../build/kernel.js'
 import {prepareBuild} from '../build/prepare.js'
 import {BaseCommand} from '../cli/base-command.js'
 import {registryFlags, registryOptions, transferProgress} from '../cli/registry.js'
@@ -12,6 +15,7 @@ import type {BakeResult} from '../contract/bake.js'
 import type {EngineChoice} from '../engine/select.js'
 import type {Engine} from '../engine/types.js'
 import {parseReference} from '../oci/reference.js'
+import type {Ovmfile} from '../ovmfile/types.js'
 import {AbortError, ExitCode} from '../errors/index.js'
 import type {SigningMethod} from '../sign/sign.js'
 import {BuildProgress} from '../ui/build-progress.js'
@@ -204,7 +208,7 @@ export default class Build extends BaseCommand {
           buildArgs: parseBuildArgs(flags['build-arg']),
           tags: flags.tag,
           base: plan.base,
-          kernel: {path: prepared.parsed.ovmfile.kernel!.ref, digest: result.ovms.kernel!.ref},
+          kernel: {uri: kernelUri(prepared.parsed.ovmfile, plan.base.description, context), digest: result.ovms.kernel!.ref},
           engine: await engine().then(async (e) => ({name: e.name, version: await e.version()})),
           steps: plan.steps.map((s) => ({line: s.line, text: s.text, cacheKey: s.cacheKey, layer: stepLayers.get(s.index)})),
           startedOn,
@@ -245,4 +249,12 @@ export function parseBuildArgs(values: string[]): Record<string, string> {
     out[v.slice(0, i)] = v.slice(i + 1)
   }
   return out
+}
+
+/** The kernel's origin for provenance: a file:// URI for a local file, a kernel artifact's reference, or (no KERNEL) the base artifact. */
+function kernelUri(file: Ovmfile, base: string, context: string): string {
+  const k = file.kernel
+  if (!k) return base
+  const abs = resolve(context, k.ref)
+  return k.modules || looksLikePath(k.ref) || existsSync(abs) ? pathToFileURL(abs).href : k.ref
 }

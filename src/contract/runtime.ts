@@ -9,6 +9,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {type LoadedArtifact, loadArtifact} from '../artifact/load.js'
+import {resourcesFromAnnotations} from '../artifact/media-types.js'
 import {type ChainFormat, createOverlay, unpackDiskChain} from '../disk/unpack.js'
 import {type EngineChoice, defaultEngines, readSnapshotSignature, selectEngine} from '../engine/select.js'
 import type {BootSpec, DeviceSpec, Engine, EngineName, ExitStatus, VmHandle} from '../engine/types.js'
@@ -177,8 +178,10 @@ export class Runtime {
     inst.record({ts: new Date().toISOString(), type: 'state', state: 'starting'})
     try {
       let snapDir: string | undefined
-      let memoryMiB = parseMemory(o.memory) ?? DEFAULT_MEMORY_MIB
-      let cpus = o.cpus ?? 1
+      // The request's memory and cpus, else the artifact's (the Ovmfile's MEMORY and CPUS), else the defaults.
+      const asked = resourcesFromAnnotations(artifact.ovms.annotations)
+      let memoryMiB = parseMemory(o.memory) ?? asked.memoryMiB ?? DEFAULT_MEMORY_MIB
+      let cpus = o.cpus ?? asked.cpus ?? 1
       if (ram) {
         // Refuse from the annotations before unpacking anything, then check the real file.
         const declared = signatureFromAnnotations(artifact.ovms.annotations)

@@ -1,4 +1,5 @@
-/** A writer for the cpio "newc" format the Linux kernel unpacks as an initramfs. */
+/** A writer (and a small reader) for the cpio "newc" format the Linux kernel unpacks as an initramfs. */
+import {inflateRawSync} from 'node:zlib'
 
 export interface CpioEntry {
   /** Path inside the archive, without a leading slash. */
@@ -44,4 +45,49 @@ export function cpioNewc(entries: CpioEntry[]): Buffer {
   parts.push(...record(0, {name: 'TRAILER!!!', mode: 0}))
   const out = Buffer.concat(parts)
   return Buffer.concat([out, Buffer.alloc((512 - (out.length % 512)) % 512)])
+}
+
+/**
+ * The entries of a newc archive up to its trailer (what follows, such as a
+ * second archive appended to an initramfs, is not read). Throws on anything
+ * that is not newc.
+ */
+export function readCpioNewc(buf: Buffer): CpioEntry[] {
+  const out: CpioEntry[] = []
+  let at = 0
+  const align = (n: number): number => n + ((4 - (n % 4)) % 4)
+  for (;;) {
+    if (at + 110 > buf.length) throw new Error(`cpio: archive ends at byte ${at} without a trailer`)
+    const magic = buf.toString('ascii', at, at + 6)
+    if (magic !== '070701' && magic !== '070702') throw new Error(`cpio: no newc header at byte ${at}`)
+    const field = (i: number): number => Number.parseInt(buf.toString('ascii', at + 6 + i * 8, at + 14 + i * 8), 16)
+    const mode = field(1)
+    const size = field(6)
+    const nameSize = field(11)
+    const nameAt = at + 110
+    const name = buf.toString('utf8', nameAt, nameAt + nameSize - 1)
+    const dataAt = align(nameAt + nameSize)
+    if (dataAt + size > buf.length) throw new Error(`cpio: ${name} runs past the end of the archive`)
+    if (name === 'TRAILER!!!') return out
+    const data = buf.subarray(dataAt, dataAt + size)
+    out.push({name, mode, uid: field(2), gid: field(3), ...((mode & 0o170000) === S_IFLNK ? {target: data.toString()} : {data})})
+    at = align(dataAt + size)
+  }
+}
+
+/**
+ * The first archive of an initramfs, uncompressed: a gzip member is inflated
+ * (whatever follows it, such as an appended INITRD, is left alone); an
+ * uncompressed newc archive is returned as it is.
+ */
+export function firstInitramfsArchive(bytes: Buffer): Buffer {
+  if (bytes.length >= 6 && (bytes.toString('ascii', 0, 6) === '070701' || bytes.toString('ascii', 0, 6) === '070702')) return bytes
+  if (bytes.length < 18 || bytes[0] !== 0x1f || bytes[1] !== 0x8b || bytes[2] !== 8) throw new Error('initramfs: neither gzip nor a newc cpio archive')
+  const flags = bytes[3] as number
+  let at = 10
+  if (flags & 4) at += 2 + bytes.readUInt16LE(at) // FEXTRA
+  for (const bit of [8, 16]) if (flags & bit) at = bytes.indexOf(0, at) + 1 // FNAME, FCOMMENT
+  if (flags & 2) at += 2 // FHCRC
+  // Raw inflate stops at the end of the deflate stream and ignores what follows.
+  return inflateRawSync(bytes.subarray(at))
 }

@@ -10,7 +10,8 @@ export interface ProvenanceInput {
   buildArgs: Record<string, string>
   tags: string[]
   base: {description: string; key: string}
-  kernel: {path: string; digest: string}
+  /** Where the kernel came from: a file:// URI, a kernel artifact's reference, or the base artifact's. */
+  kernel: {uri: string; digest: string}
   engine: {name: string; version: string}
   steps: {line: number; text: string; cacheKey: string; layer?: string}[]
   startedOn: Date
@@ -32,7 +33,7 @@ export async function buildProvenance(p: ProvenanceInput): Promise<Record<string
       internalParameters: {engine: p.engine},
       resolvedDependencies: [
         {name: 'base', uri: p.base.description, ...(baseDigest ? {digest: baseDigest} : {annotations: {key: p.base.key}})},
-        {name: 'kernel', uri: `file://${p.kernel.path}`, digest: {sha256: p.kernel.digest.replace(/^sha256:/, '')}},
+        {name: 'kernel', uri: p.kernel.uri, digest: {sha256: p.kernel.digest.replace(/^sha256:/, '')}},
       ],
     },
     runDetails: {

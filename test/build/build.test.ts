@@ -81,6 +81,58 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     expect(JSON.parse(r.stdout).result).toMatchObject({boots: 0, stepsRun: 0, stepsCached: 5})
   })
 
+  it('FROM REF builds on the base artifact: its disk layers, kernel, CMDLINE and config; MEMORY and CPUS reach ovm run', async () => {
+    const base = JSON.parse((await ovm(['inspect', 'test/app:1', '--json'], {home})).stdout)
+    const child = join(tmp.path, 'child')
+    mkdirSync(child, {recursive: true})
+    // No KERNEL: the base's kernel and the modules its initramfs carries run the builder.
+    writeFileSync(
+      join(child, 'Ovmfile'),
+      'FROM test/app:1\nMEMORY 200M\nCPUS 2\nLABEL team=vm\nRUN echo "from the child" > /etc/child\n' +
+        'ENTRYPOINT ["/bin/sh", "-c", "echo env=$GREETING cwd=$(pwd) cpus=$(grep -c ^processor /proc/cpuinfo) $(grep MemTotal /proc/meminfo); cat /etc/child /etc/motd"]\n',
+    )
+    const r = await ovm(['build', child, '-t', 'test/child:1', '--json'], {home})
+    expect(r.code, r.stderr + r.stdout).toBe(0)
+    expect(JSON.parse(r.stdout).result).toMatchObject({boots: 1, stepsRun: 1, stepsCached: 0})
+    const info = JSON.parse((await ovm(['inspect', 'test/child:1', '--json'], {home})).stdout)
+    const digests = (i: {layers: {role: string; digest: string}[]}): string[] => i.layers.filter((l) => l.role === 'disk').map((l) => l.digest)
+    expect(digests(info).slice(0, -1)).toEqual(digests(base))
+    expect(digests(info)).toHaveLength(digests(base).length + 1)
+    const kernelOf = (i: {layers: {role: string; digest: string}[]}): string | undefined => i.layers.find((l) => l.role === 'kernel')?.digest
+    expect(kernelOf(info)).toBe(kernelOf(base))
+    expect(info.ovms.kernel.args).toBe('console=ttyS0 panic=-1 quiet')
+    expect(info.ovms.annotations).toMatchObject({'dev.ovm.memory-mib': '200', 'dev.ovm.cpus': '2', team: 'vm'})
+    const boot = await ovm(['run', 'test/child:1'], {home})
+    expect(boot.code, boot.stderr).toBe(0)
+    // ENV and WORKDIR come from the base's bootstrap config; cpus and memory from the child's CPUS and MEMORY.
+    expect(boot.stdout).toContain('env=hello world cwd=/srv/app cpus=2')
+    const kb = Number(/MemTotal:\s*(\d+) kB/.exec(boot.stdout)?.[1])
+    expect(kb).toBeGreaterThan(120 * 1024)
+    expect(kb).toBeLessThanOrEqual(200 * 1024)
+    expect(boot.stdout).toContain('from the child')
+    expect(boot.stdout).toContain('built by ovm')
+    // --memory still wins over the artifact's MEMORY.
+    const small = await ovm(['run', 'test/child:1', '--memory', '160M'], {home})
+    expect(Number(/MemTotal:\s*(\d+) kB/.exec(small.stdout)?.[1])).toBeLessThanOrEqual(160 * 1024)
+  })
+
+  it('FROM REF without KERNEL refuses a base whose initrd carries no modules, before booting anything', async () => {
+    const dir = join(tmp.path, 'nokernel')
+    mkdirSync(dir, {recursive: true})
+    writeFileSync(join(dir, 'initrd'), 'not an initramfs')
+    writeFileSync(join(dir, 'disk.raw'), Buffer.alloc(1024 * 1024))
+    const p = await ovm(['pack', '--name', 'test/nok', '--version', '1', '--kernel', join(KERNEL_ROOT, 'vmlinuz'), '--initrd', join(dir, 'initrd'), '--disk', join(dir, 'disk.raw'), '-t', 'test/nok:1'], {home})
+    expect(p.code, p.stderr).toBe(0)
+    writeFileSync(join(dir, 'Ovmfile'), 'FROM test/nok:1\nRUN true\n')
+    const r = await ovm(['build', dir, '-t', 'test/nok2:1', '--json'], {home})
+    expect(r.code).toBe(3)
+    const err = JSON.parse(r.stdout).error
+    expect(err.code).toBe('BASE_HAS_NO_KERNEL')
+    expect(err.message).toContain('test/nok')
+    expect(err.hint).toContain('KERNEL')
+    expect((await ovm(['inspect', 'test/nok2:1', '--json'], {home})).code).not.toBe(0)
+  })
+
   it('ovm run exits with the workload\'s exit status; a new ENTRYPOINT alone boots no builder', async () => {
     const other = join(ctx, 'Exit7.Ovmfile')
     writeFileSync(other, OVMFILE.replace(/ENTRYPOINT .*\n/, 'ENTRYPOINT ["/bin/sh", "-c", "echo leaving; exit 7"]\n'))
