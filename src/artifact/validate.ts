@@ -1,15 +1,15 @@
+import {createHash} from 'node:crypto'
 import {readFileSync} from 'node:fs'
+import {createRequire} from 'node:module'
 import {fileURLToPath} from 'node:url'
 
-import {Ajv2020, type ErrorObject, type ValidateFunction} from 'ajv/dist/2020.js'
-import addFormatsModule from 'ajv-formats'
+import type {Ajv2020, ErrorObject, ValidateFunction} from 'ajv/dist/2020.js'
 
 import {AbortError, BugError, type ErrorDetail, ExitCode} from '../errors/index.js'
 import {jsonErrorOffset, lineCol} from '../util/json-position.js'
 import type {BootstrapConfig, OvmsManifest} from './manifest.js'
 
-// ajv-formats is CommonJS; under NodeNext its default export is the module object.
-const addFormats = ((addFormatsModule as unknown as {default?: unknown}).default ?? addFormatsModule) as (ajv: Ajv2020) => Ajv2020
+const require = createRequire(import.meta.url)
 
 /** Where the JSON Schemas live (the package's `schemas/` folder). */
 export const SCHEMA_DIR = fileURLToPath(new URL('../../schemas/', import.meta.url))
@@ -29,21 +29,64 @@ export interface ValidationProblem {
 let ajv: Ajv2020 | undefined
 const compiled = new Map<SchemaName, ValidateFunction>()
 
-function validator(name: SchemaName): ValidateFunction {
-  let fn = compiled.get(name)
-  if (fn) return fn
-  if (!ajv) {
-    ajv = new Ajv2020({allErrors: true, strict: true, useDefaults: false})
-    addFormats(ajv)
+type Precompiled = Record<string, ValidateFunction> & {schemaSha256?: Record<string, string>}
+let precompiled: Precompiled | null | undefined
+
+/**
+ * The validators `npm run build` compiled (scripts/gen-validators.mjs), or
+ * null when that module is missing (running from src/ under vitest, say).
+ */
+function loadPrecompiled(): Precompiled | null {
+  if (precompiled === undefined) {
+    try {
+      precompiled = require('./validators.cjs') as Precompiled
+    } catch {
+      precompiled = null
+    }
   }
-  let schema: unknown
+  return precompiled
+}
+
+const compiledNow = new Map<SchemaName, ValidateFunction>()
+
+/** Compile at run time with ajv (loaded only then), once per schema: the fallback when no precompiled validator matches the schema. */
+function compile(name: SchemaName, schema: object): ValidateFunction {
+  const had = compiledNow.get(name)
+  if (had) return had
+  if (!ajv) {
+    const {Ajv2020: AjvClass} = require('ajv/dist/2020.js') as typeof import('ajv/dist/2020.js')
+    const formats = require('ajv-formats') as {default?: (a: Ajv2020) => Ajv2020} & ((a: Ajv2020) => Ajv2020)
+    // validateSchema: false: our own schemas need no check against the meta-schema on every run;
+    // test/artifact/schema.test.ts checks them against it. Options as in scripts/gen-validators.mjs.
+    ajv = new AjvClass({allErrors: true, strict: true, useDefaults: false, validateSchema: false})
+    ;(formats.default ?? formats)(ajv)
+  }
+  const fn = ajv.compile(schema)
+  compiledNow.set(name, fn)
+  return fn
+}
+
+/** The validator for a schema: the precompiled one when it was made from this very schema file, else compiled now. */
+export function validator(name: SchemaName, opts: {precompiled?: boolean} = {}): ValidateFunction {
+  let fn = opts.precompiled === false ? undefined : compiled.get(name)
+  if (fn) return fn
+  let text: Buffer
   try {
-    schema = JSON.parse(readFileSync(`${SCHEMA_DIR}${name}.json`, 'utf8'))
+    text = readFileSync(`${SCHEMA_DIR}${name}.json`)
   } catch (err) {
     throw new BugError(`cannot load schema ${name} from ${SCHEMA_DIR}`, err)
   }
-  fn = ajv.compile(schema as object)
-  compiled.set(name, fn)
+  const pre = opts.precompiled === false ? null : loadPrecompiled()
+  const ready = pre?.schemaSha256?.[name] === createHash('sha256').update(text).digest('hex') ? pre[name.replace(/[^a-z0-9]/gi, '_')] : undefined
+  if (ready) fn = ready
+  else {
+    try {
+      fn = compile(name, JSON.parse(text.toString('utf8')) as object)
+    } catch (err) {
+      throw new BugError(`cannot compile schema ${name} from ${SCHEMA_DIR}`, err)
+    }
+  }
+  if (opts.precompiled !== false) compiled.set(name, fn)
   return fn
 }
 

@@ -477,7 +477,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
       }
     }
     emit({type: 'phase', phase: 'assemble'})
-    const result = await assemble(store, opts, layers, kernel, gzip)
+    const result = await assemble(store, opts, layers, kernel, gzip, cache)
     return {...result, boots, stepsRun: toRun.length, stepsCached: plan.steps.length - toRun.length, diskLayers: layers.length, ...(engine ? {engine: engine.name} : {})}
   } finally {
     await kernel.cleanup()
@@ -486,13 +486,13 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
 }
 
 /** Kernel, boot initramfs (OVMS-Init), disk layers and bootstrap config → an artifact in the store. */
-async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], kernel: ResolvedKernel, gzip: (cpio: Buffer) => Promise<Buffer>): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'diskLayers' | 'engine'>> {
+async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLayer[], kernel: ResolvedKernel, gzip: (cpio: Buffer) => Promise<Buffer>, cache: CacheIndex): Promise<Omit<BuildResult, 'boots' | 'stepsRun' | 'stepsCached' | 'diskLayers' | 'engine'>> {
   const {file} = opts
   const kernelPath = kernel.kernel
   const kernelSize = (await stat(kernelPath).catch((err: unknown) => {
     throw fileError(err, kernelPath, 'kernel')
   })).size
-  const k = await store.ingest(createReadStream(kernelPath), kernelSize)
+  const k = await ingestFile(store, cache, kernelPath, kernelSize)
   const layers: Descriptor[] = [{mediaType: OvmsMediaType.kernel, digest: k.digest, size: k.size, annotations: {[Annotation.title]: layerTitle('kernel')}}]
   const bootstrap: BootstrapConfig = {
     ...(Object.keys(file.env).length ? {env: Object.entries(file.env).map(([a, b]) => `${a}=${b}`)} : {}),
@@ -519,7 +519,13 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
     initrdDesc = {...(await store.pushBytes(OvmsMediaType.initrd, bytes)), annotations: {[Annotation.title]: layerTitle('initrd')}}
     layers.push(initrdDesc)
   }
-  layers.push(...disks.map((d, i) => ({...d.descriptor, annotations: {...d.descriptor.annotations, [Annotation.title]: layerTitle('disk', i)}})))
+  // Title first, then the rest in their order: a layer taken from the cache and one made now give the same bytes.
+  layers.push(
+    ...disks.map((d, i) => {
+      const {[Annotation.title]: _title, ...rest} = d.descriptor.annotations ?? {}
+      return {...d.descriptor, annotations: {[Annotation.title]: layerTitle('disk', i), ...rest}}
+    }),
+  )
   const bootDesc = {...(await store.pushBytes(OvmsMediaType.bootstrapConfig, jsonBytes(bootstrap))), annotations: {[Annotation.title]: layerTitle('bootstrap')}}
   layers.push(bootDesc)
   // LABELs, and MEMORY and CPUS as the defaults `ovm run` boots with.
@@ -542,12 +548,61 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
     bootstrap: {ref: bootDesc.digest},
     ...(Object.keys(annotations).length ? {annotations} : {}),
   }
+  // The same artifact as an earlier build, but for its creation time: that artifact (the same digest), so a
+  // rebuild with nothing changed is the same artifact and a SNAPSHOT of it need not be baked again.
+  const same = `artifact:${sha256(Buffer.from(JSON.stringify({ovms: {...ovms, metadata: {...ovms.metadata, created: undefined}}, layers})))}`
+  const earlier = await storedArtifact(store, cache[same]?.layer)
+  if (earlier) {
+    for (const t of opts.tags) await store.tag(earlier.descriptor, t)
+    if (opts.tags.length === 0) await store.addUntagged(earlier.descriptor)
+    return {references: opts.tags, digest: earlier.descriptor.digest, ovms: earlier.ovms}
+  }
   const built = buildArtifact(ovms, layers)
   await store.push(built.config, built.configBytes)
   await store.push(built.descriptor, built.manifestBytes)
   for (const t of opts.tags) await store.tag(built.descriptor, t)
   if (opts.tags.length === 0) await store.addUntagged(built.descriptor)
+  await writeCache(store, (c) => {
+    c[same] = {layer: built.descriptor.digest, createdAt: new Date().toISOString()}
+  })
   return {references: opts.tags, digest: built.descriptor.digest, ovms: built.ovms}
+}
+
+/** An artifact the store still holds whole (manifest, config and every layer blob), or undefined. */
+export async function storedArtifact(store: LayoutStore, digest: string | undefined): Promise<{descriptor: Descriptor; ovms: OvmsManifest} | undefined> {
+  if (!digest) return undefined
+  try {
+    const {loadArtifact} = await import('../artifact/load.js')
+    const a = await loadArtifact(store, digest)
+    for (const l of a.manifest.layers) {
+      const st = await stat(store.blobPath(l.digest)).catch(() => undefined)
+      if (st?.size !== l.size) return undefined
+    }
+    return {descriptor: a.descriptor, ovms: a.ovms}
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A file stored as a blob, read and hashed only when it changed since the last
+ * build stored it: the build index keeps its digest under its path with its
+ * size, inode, and change and modification times (as make and git do).
+ */
+async function ingestFile(store: LayoutStore, cache: CacheIndex, path: string, size: number): Promise<{digest: string; size: number}> {
+  const st = await stat(path, {bigint: true})
+  const sig = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`
+  const key = `file:${resolve(path)}`
+  const hit = cache[key] as (CacheEntry & {sig?: string}) | undefined
+  if (hit?.layer && hit.sig === sig) {
+    const blob = await stat(store.blobPath(hit.layer)).catch(() => undefined)
+    if (blob?.size === size) return {digest: hit.layer, size}
+  }
+  const k = await store.ingest(createReadStream(path), size)
+  await writeCache(store, (c) => {
+    c[key] = {layer: k.digest, createdAt: new Date().toISOString(), sig} as CacheEntry
+  })
+  return k
 }
 
 function nameFromTag(tag?: string): string {

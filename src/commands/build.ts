@@ -175,25 +175,41 @@ export default class Build extends BaseCommand {
     let baked: BakeResult | undefined
     if (snapshot) {
       events?.event({type: 'phase', phase: 'snapshot'})
-      this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : snapshot.when?.kind === 'run' ? `\`${snapshot.when.command}\` succeeds` : 'the workload starts'}`)
-      const {bakeSnapshot} = await import('../contract/bake.js')
-      baked = await bakeSnapshot({
-        store,
-        reference: result.digest,
+      const [{bakeSnapshot}, {earlierBake, rememberBake}] = await Promise.all([import('../contract/bake.js'), import('../build/bake-cache.js')])
+      const spec = {
+        subject: result.digest,
         when: snapshot.when?.kind === 'console' ? snapshot.when.pattern : undefined,
         whenRun: snapshot.when?.kind === 'run' ? snapshot.when.command : undefined,
         timeoutMs: snapshot.timeoutMs,
-        tag: flags.tag[0] as string,
         engine: choice,
-        onLine: (l) => flags.debug && this.note(`vm: ${l}`),
-      }).catch((err: unknown) => {
-        events?.end({ok: false, error: (err as Error).message})
-        throw err
-      })
-      const snapDesc = await store.resolve(flags.tag[0] as string)
-      for (const t of flags.tag.slice(1)) await store.tag(snapDesc, t)
+      }
+      // The same artifact baked with the same SNAPSHOT before (a rebuild with nothing changed): no VM.
+      const earlier = flags['no-cache'] ? undefined : await earlierBake(store, spec)
+      if (earlier) {
+        baked = {digest: earlier.digest, subject: earlier.subject, pausedMs: earlier.pausedMs, bytes: earlier.bytes, readyMs: earlier.readyMs, cached: true}
+        for (const t of flags.tag) await store.tag(earlier.descriptor, t)
+        this.note(`RAM snapshot CACHED: ${shortDigest(earlier.digest)} (baked before from the same artifact and SNAPSHOT)`)
+      } else {
+        this.note(`SNAPSHOT (line ${snapshot.pos.line}): booting ${result.digest.slice(0, 19)} until ${snapshot.when?.kind === 'console' ? `a line matches /${snapshot.when.pattern}/` : snapshot.when?.kind === 'run' ? `\`${snapshot.when.command}\` succeeds` : 'the workload starts'}`)
+        baked = await bakeSnapshot({
+          store,
+          reference: result.digest,
+          when: spec.when,
+          whenRun: spec.whenRun,
+          timeoutMs: snapshot.timeoutMs,
+          tag: flags.tag[0] as string,
+          engine: choice,
+          onLine: (l) => flags.debug && this.note(`vm: ${l}`),
+        }).catch((err: unknown) => {
+          events?.end({ok: false, error: (err as Error).message})
+          throw err
+        })
+        const snapDesc = await store.resolve(flags.tag[0] as string)
+        for (const t of flags.tag.slice(1)) await store.tag(snapDesc, t)
+        await rememberBake(store, spec, baked)
+        this.note(`baked a RAM snapshot: ready after ${(baked.readyMs / 1000).toFixed(1)} s, guest paused ${baked.pausedMs} ms, ${humanBytes(baked.bytes)} of new layers`)
+      }
       result.digest = baked.digest
-      this.note(`baked a RAM snapshot: ready after ${(baked.readyMs / 1000).toFixed(1)} s, guest paused ${baked.pausedMs} ms, ${humanBytes(baked.bytes)} of new layers`)
     }
     events?.end({ok: true, digest: result.digest})
     const seconds = (performance.now() - t0) / 1000

@@ -32,6 +32,8 @@ export interface BakeResult {
   pausedMs: number
   bytes: number
   readyMs: number
+  /** True when an earlier build baked it (the same artifact and SNAPSHOT) and nothing was booted. */
+  cached?: boolean
 }
 
 /**

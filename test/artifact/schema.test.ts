@@ -1,9 +1,12 @@
+import {createHash} from 'node:crypto'
 import {readFileSync, readdirSync} from 'node:fs'
+import {createRequire} from 'node:module'
 import {join} from 'node:path'
 
+import {Ajv2020} from 'ajv/dist/2020.js'
 import {describe, expect, it} from 'vitest'
 
-import {assertManifest, validateAgainst} from '../../src/artifact/validate.js'
+import {assertManifest, validateAgainst, validator} from '../../src/artifact/validate.js'
 import {OvmError} from '../../src/errors/index.js'
 import {ROOT} from '../helpers/cli.js'
 
@@ -11,6 +14,37 @@ const dir = (...p: string[]): string => join(ROOT, 'examples', ...p)
 const json = (path: string): unknown => JSON.parse(readFileSync(path, 'utf8'))
 const manifests = (kind: 'valid' | 'invalid'): string[] =>
   readdirSync(dir('manifests', kind)).filter((f) => f.endsWith('.json') && !f.endsWith('.expected.json'))
+
+describe('the schemas ovm validates with', () => {
+  // ovm compiles them without checking them against the meta-schema (a no-op build's largest cost): this does.
+  it.each(['manifest.v1', 'bootstrap-config.v1', 'policy.v1'])('schemas/%s.json is a valid JSON Schema 2020-12', (name) => {
+    const ajv = new Ajv2020({strict: false})
+    const schema = json(join(ROOT, 'schemas', `${name}.json`)) as object
+    expect(ajv.validateSchema(schema), JSON.stringify(ajv.errors)).toBe(true)
+  })
+})
+
+describe('the validators npm run build compiles (dist/artifact/validators.cjs)', () => {
+  type Fn = ((d: unknown) => boolean) & {errors?: {keyword: string; instancePath: string}[] | null}
+  const pre = createRequire(import.meta.url)(join(ROOT, 'dist', 'artifact', 'validators.cjs')) as Record<string, Fn> & {schemaSha256: Record<string, string>}
+
+  it('were made from the schema files as they are now', () => {
+    for (const name of ['manifest.v1', 'bootstrap-config.v1', 'policy.v1']) {
+      expect(pre.schemaSha256[name], name).toBe(createHash('sha256').update(readFileSync(join(ROOT, 'schemas', `${name}.json`))).digest('hex'))
+    }
+  })
+
+  it.each([...manifests('valid').map((f) => ['valid', f]), ...manifests('invalid').map((f) => ['invalid', f])])('judge %s/%s as ajv compiling the schema now does', (kind, f) => {
+    const doc = json(dir('manifests', kind as string, f as string))
+    const now = validator('manifest.v1', {precompiled: false}) as unknown as Fn
+    const okNow = now(doc)
+    const errorsNow = (now.errors ?? []).map((e) => `${e.keyword} ${e.instancePath}`)
+    const okPre = pre.manifest_v1!(doc)
+    expect(okPre).toBe(okNow)
+    expect((pre.manifest_v1!.errors ?? []).map((e) => `${e.keyword} ${e.instancePath}`)).toEqual(errorsNow)
+    expect(okNow).toBe(kind === 'valid')
+  })
+})
 
 describe('schemas/manifest.v1.json', () => {
   it('has examples on both sides', () => {

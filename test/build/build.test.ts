@@ -75,10 +75,11 @@ describe.skipIf(skip)('ovm build: a real builder VM under QEMU', () => {
     expect(boot.stdout).toContain('built by ovm')
   })
 
-  it('a rebuild with nothing changed boots no VM', async () => {
+  it('a rebuild with nothing changed boots no VM and is the same artifact (the same digest)', async () => {
+    const before = JSON.parse((await ovm(['inspect', 'test/app:1', '--json'], {home})).stdout).descriptor.digest
     const r = await build()
     expect(r.code, r.stderr).toBe(0)
-    expect(JSON.parse(r.stdout).result).toMatchObject({boots: 0, stepsRun: 0, stepsCached: 5})
+    expect(JSON.parse(r.stdout).result).toMatchObject({boots: 0, stepsRun: 0, stepsCached: 5, digest: before})
   })
 
   it('FROM REF builds on the base artifact: its disk layers, kernel, CMDLINE and config; MEMORY and CPUS reach ovm run', async () => {

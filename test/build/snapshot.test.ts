@@ -59,6 +59,30 @@ describe.skipIf(vmSkipReason())('SNAPSHOT: a build that bakes a RAM snapshot', (
     await ovm(['stop', st.instance_id], {home})
   })
 
+  it('a rebuild with nothing changed is the same artifact and bakes nothing; a changed SNAPSHOT bakes again', async () => {
+    const build = (): ReturnType<typeof ovm> => ovm(['build', ctx, '--build-arg', `KERNEL_ROOT=${FIXTURES}`, '-t', 'test/svc:1', '-t', 'test/svc:again', '--json'], {home})
+    const before = JSON.parse((await ovm(['inspect', 'test/svc:1', '--json'], {home})).stdout)
+    const r = await build()
+    expect(r.code, r.stderr).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.result.boots).toBe(0)
+    // A new bake would hold new RAM bytes, so a new digest: the same digest means none was taken.
+    expect(out.snapshot).toMatchObject({cached: true, digest: before.descriptor.digest, subject: before.manifest.subject.digest})
+    for (const t of ['test/svc:1', 'test/svc:again']) {
+      expect(JSON.parse((await ovm(['inspect', t, '--json'], {home})).stdout).descriptor.digest).toBe(before.descriptor.digest)
+    }
+    writeFileSync(join(ctx, 'Ovmfile'), SERVICE.replace('TIMEOUT 90s', 'TIMEOUT 100s'))
+    try {
+      const again = JSON.parse((await build()).stdout)
+      expect(again.result.boots).toBe(0)
+      expect(again.snapshot.cached).toBeUndefined()
+      expect(again.snapshot.subject).toBe(before.manifest.subject.digest)
+      expect(again.snapshot.digest).not.toBe(before.descriptor.digest)
+    } finally {
+      writeFileSync(join(ctx, 'Ovmfile'), SERVICE)
+    }
+  })
+
   it('WHEN-RUN: snapshots once a command run in the VM succeeds', async () => {
     const ctx2 = join(tmp.path, 'ctx2')
     mkdirSync(ctx2, {recursive: true})
