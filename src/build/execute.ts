@@ -10,6 +10,7 @@ import {gzipSync} from 'node:zlib'
 import type {BootstrapConfig, OvmsManifest} from '../artifact/manifest.js'
 import {OvmsAnnotation, OvmsMediaType, ResourceAnnotation, layerTitle} from '../artifact/media-types.js'
 import {buildArtifact} from '../artifact/oci.js'
+import {splitInitramfs} from '../disk/cpio.js'
 import {probeDiskImage} from '../disk/image.js'
 import {singleFileTar, singleFileTarSize} from '../disk/tar.js'
 import {type ChainFormat, createOverlay, unpackDiskChain} from '../disk/unpack.js'
@@ -506,6 +507,8 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
   let initrdDesc: Descriptor | undefined
   {
     let bytes = (await ovmsInitramfs({modulesDir: kernel.modulesDir, bootstrap, gzip})).bytes
+    // FROM REF: what the base's Ovmfile appended to its OVMS-Init (its INITRD) is appended here too.
+    if (file.from?.kind === 'artifact') bytes = Buffer.concat([bytes, await baseInitrdExtras(store, opts.plan.base.key, file.from.ref)])
     if (file.initrd) {
       // INITRD: an extra initramfs appended to OVMS-Init's. Linux unpacks
       // concatenated (each possibly compressed) cpio archives in order, so
@@ -566,6 +569,32 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
     c[same] = {layer: built.descriptor.digest, createdAt: new Date().toISOString()}
   })
   return {references: opts.tags, digest: built.descriptor.digest, ovms: built.ovms}
+}
+
+/**
+ * The archives a base artifact's initrd holds after its OVMS-Init one; none
+ * when it has no initrd or its bootstrap profile is not OVMS-Init (then the
+ * initrd is not one `ovm build` assembled).
+ */
+async function baseInitrdExtras(store: LayoutStore, digest: string, name: string): Promise<Buffer> {
+  const {loadArtifact} = await import('../artifact/load.js')
+  const base = await loadArtifact(store, digest)
+  const initrd = base.layers.find((l) => l.role === 'initrd')
+  const boot = base.layers.find((l) => l.role === 'bootstrap')
+  if (!initrd || !boot) return Buffer.alloc(0)
+  const profile = await store.fetchBytes(boot.descriptor).then((b) => (JSON.parse(b.toString('utf8')) as BootstrapConfig).profile, () => undefined)
+  if (profile !== 'ovms-init') return Buffer.alloc(0)
+  try {
+    return splitInitramfs(await store.fetchBytes(initrd.descriptor)).rest
+  } catch (err) {
+    throw new AbortError({
+      code: 'BASE_INVALID',
+      message: `FROM ${name}: the base artifact's initrd cannot be read (${(err as Error).message})`,
+      hint: 'Rebuild or pull the base artifact again; `ovm store verify` checks the stored blobs.',
+      exitCode: ExitCode.invalid,
+      ref: name,
+    })
+  }
 }
 
 /** An artifact the store still holds whole (manifest, config and every layer blob), or undefined. */

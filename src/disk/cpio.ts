@@ -81,13 +81,33 @@ export function readCpioNewc(buf: Buffer): CpioEntry[] {
  * uncompressed newc archive is returned as it is.
  */
 export function firstInitramfsArchive(bytes: Buffer): Buffer {
-  if (bytes.length >= 6 && (bytes.toString('ascii', 0, 6) === '070701' || bytes.toString('ascii', 0, 6) === '070702')) return bytes
+  return splitInitramfs(bytes).first
+}
+
+/**
+ * An initramfs split after its first archive: `first` uncompressed, `rest`
+ * the bytes that follow it as they are (archives appended to it, such as an
+ * Ovmfile's INITRD). An uncompressed first archive ends with its trailer
+ * record, padded to 512 bytes as cpioNewc pads it.
+ */
+export function splitInitramfs(bytes: Buffer): {first: Buffer; rest: Buffer} {
+  const magic = bytes.length >= 6 ? bytes.toString('ascii', 0, 6) : ''
+  if (magic === '070701' || magic === '070702') {
+    const trailer = bytes.indexOf('TRAILER!!!\0')
+    if (trailer < 0) return {first: bytes, rest: Buffer.alloc(0)}
+    let end = trailer + 11
+    end += (4 - (end % 4)) % 4
+    end += (512 - (end % 512)) % 512
+    end = Math.min(end, bytes.length)
+    return {first: bytes.subarray(0, end), rest: bytes.subarray(end)}
+  }
   if (bytes.length < 18 || bytes[0] !== 0x1f || bytes[1] !== 0x8b || bytes[2] !== 8) throw new Error('initramfs: neither gzip nor a newc cpio archive')
   const flags = bytes[3] as number
   let at = 10
   if (flags & 4) at += 2 + bytes.readUInt16LE(at) // FEXTRA
   for (const bit of [8, 16]) if (flags & bit) at = bytes.indexOf(0, at) + 1 // FNAME, FCOMMENT
   if (flags & 2) at += 2 // FHCRC
-  // Raw inflate stops at the end of the deflate stream and ignores what follows.
-  return inflateRawSync(bytes.subarray(at))
+  // Raw inflate stops at the end of the deflate stream; then come CRC-32 and size (8 bytes).
+  const {buffer, engine} = inflateRawSync(bytes.subarray(at), {info: true}) as unknown as {buffer: Buffer; engine: {bytesWritten: number}}
+  return {first: buffer, rest: bytes.subarray(Math.min(bytes.length, at + engine.bytesWritten + 8))}
 }

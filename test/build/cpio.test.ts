@@ -11,7 +11,7 @@ import {gzipSync} from 'node:zlib'
 
 import {describe, expect, it} from 'vitest'
 
-import {S_IFDIR, S_IFLNK, S_IFREG, cpioNewc, firstInitramfsArchive, readCpioNewc} from '../../src/disk/cpio.js'
+import {S_IFDIR, S_IFLNK, S_IFREG, cpioNewc, firstInitramfsArchive, readCpioNewc, splitInitramfs} from '../../src/disk/cpio.js'
 
 const entries = [
   {name: 'lib', mode: S_IFDIR | 0o755},
@@ -54,6 +54,19 @@ describe('cpio newc reader', () => {
       expect(readCpioNewc(firstInitramfsArchive(initrd)).map((e) => e.name)).toEqual(['lib', 'lib/modules', 'lib/modules/virtio_blk.ko'])
     }
     expect(readCpioNewc(firstInitramfsArchive(first))).toHaveLength(3)
+  })
+
+  it('splits an initramfs after its first archive, the rest byte for byte', () => {
+    const first = cpioNewc(entries.slice(0, 3))
+    const extra = cpioNewc([{name: 'init', mode: S_IFREG | 0o755, data: Buffer.from('#!/bin/sh\n')}])
+    for (const rest of [Buffer.alloc(0), extra, gzipSync(extra)]) {
+      const gz = splitInitramfs(Buffer.concat([gzipSync(first), rest]))
+      expect(gz.first.equals(first)).toBe(true)
+      expect(gz.rest.equals(rest)).toBe(true)
+      const plain = splitInitramfs(Buffer.concat([first, rest]))
+      expect(plain.first.equals(first)).toBe(true)
+      expect(plain.rest.equals(rest)).toBe(true)
+    }
   })
 
   it('refuses what is not a newc archive, and one cut short', () => {

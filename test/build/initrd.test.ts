@@ -59,6 +59,20 @@ describe.skipIf(skip)(`INITRD (an extra initramfs)${skip ? ` (skipped: ${skip})`
     expect(r.stdout + r.stderr).toContain('EXTRA-INIT-OK')
   })
 
+  it('FROM that artifact (no KERNEL, no INITRD) keeps its extra initramfs: the guest still runs what it holds', async () => {
+    const child = join(tmp.path, 'child')
+    mkdirSync(child, {recursive: true})
+    writeFileSync(join(child, 'Ovmfile'), 'FROM example/initrd:1\nLABEL child=yes\n')
+    const b = await ovm(['build', child, '-t', 'example/initrd-child:1', '--json'], {home})
+    expect(b.code, b.stderr).toBe(0)
+    const info = JSON.parse((await ovm(['inspect', 'example/initrd-child:1', '--json'], {home})).stdout) as {layers: {role: string; digest: string}[]}
+    const layer = info.layers.find((l) => l.role === 'initrd') as {digest: string}
+    const bytes = readFileSync(join(home, 'blobs', 'sha256', layer.digest.slice('sha256:'.length)))
+    expect(bytes.subarray(bytes.length - extra.length).equals(extra)).toBe(true)
+    const r = await ovm(['run', 'example/initrd-child:1'], {home})
+    expect(r.stdout + r.stderr).toContain('EXTRA-INIT-OK')
+  })
+
   it('a missing INITRD file is named, with exit 4, and nothing is tagged', async () => {
     writeFileSync(join(ctx, 'Ovmfile'), readFileSync(join(ctx, 'Ovmfile'), 'utf8').replace('INITRD extra.cpio.gz', 'INITRD missing.cpio.gz'))
     const b = await ovm(['build', ctx, '-t', 'example/initrd:2'], {home})
