@@ -73,6 +73,7 @@ export default class Build extends BaseCommand {
       this.log(`Plan for ${ovmfile} (context ${context})`)
       this.log(`  base: ${plan.base.description}`)
       if (plan.kernel) this.log(`  kernel: ${plan.kernel.ref}${plan.kernel.modules ? ` (modules ${plan.kernel.modules})` : ''}`)
+      else if (prepared.parsed.ovmfile.from?.kind === 'artifact') this.log(`  kernel: the base artifact's (no KERNEL line)`)
       for (const s of plan.steps) {
         this.log(`  ${String(s.index + 1).padStart(2)}. ${s.cached ? 'CACHED' : 'MISS  '} ${shortDigest(s.cacheKey)}  line ${s.line}: ${s.text}`)
       }
@@ -249,7 +250,7 @@ export default class Build extends BaseCommand {
     }
     if (!this.jsonEnabled()) {
       for (const r of result.references) this.log(`${r}@${result.digest}`)
-      this.note(`built in ${seconds.toFixed(1)} s: ${result.stepsRun} steps run, ${result.stepsCached} cached, ${result.boots} builder boot${result.boots === 1 ? '' : 's'}`)
+      this.note(`built in ${seconds.toFixed(1)} s: ${result.stepsRun} step${result.stepsRun === 1 ? '' : 's'} run, ${result.stepsCached} cached, ${result.boots} builder boot${result.boots === 1 ? '' : 's'}`)
     }
     return {plan, result, seconds, ...(baked ? {snapshot: baked} : {}), ...(signatures.length > 0 ? {signatures} : {}), ...(pushed.length > 0 ? {pushed} : {})}
   }
