@@ -131,29 +131,41 @@ export async function copy(src: Source, srcRef: string, dst: Destination, dstRef
   const canMount =
     opts.mount !== false && src instanceof RemoteRepository && dst instanceof RemoteRepository && src.registry.base.origin === dst.registry.base.origin && src.name !== dst.name
 
+  // The first failure: blobs still queued then are not started, and copy() settles every blob it started
+  // before it rejects, so nothing writes to the destination after it returned.
+  let failure: {error: unknown} | undefined
   const copyBlob = (desc: Descriptor): Promise<void> =>
     run(async () => {
-      if (await dst.exists(desc)) {
-        result.blobs.skipped++
-        hooks.onBlobDone?.(desc, 'skipped')
-        return
+      if (failure) throw failure.error
+      try {
+        await copyOneBlob(desc)
+      } catch (err) {
+        failure ??= {error: err}
+        throw err
       }
-      if (canMount && (await (dst as RemoteRepository).mount(desc, (src as RemoteRepository).name))) {
-        result.blobs.mounted++
-        hooks.onBlobDone?.(desc, 'mounted')
-        return
-      }
-      hooks.onBlobStart?.(desc)
-      const stream = (await openBlob(src, dst, desc)).pipe(progressStream(desc, hooks))
-      if (dst instanceof RemoteRepository) {
-        const reopen = src instanceof LayoutStore ? () => createReadStream(src.blobPath(desc.digest)) : undefined
-        await dst.upload(desc, stream, reopen)
-      }
-      else await dst.push(desc, stream)
-      result.blobs.copied++
-      result.blobs.bytes += desc.size
-      hooks.onBlobDone?.(desc, 'copied')
     })
+
+  const copyOneBlob = async (desc: Descriptor): Promise<void> => {
+    if (await dst.exists(desc)) {
+      result.blobs.skipped++
+      hooks.onBlobDone?.(desc, 'skipped')
+      return
+    }
+    if (canMount && (await (dst as RemoteRepository).mount(desc, (src as RemoteRepository).name))) {
+      result.blobs.mounted++
+      hooks.onBlobDone?.(desc, 'mounted')
+      return
+    }
+    hooks.onBlobStart?.(desc)
+    const stream = (await openBlob(src, dst, desc)).pipe(progressStream(desc, hooks))
+    if (dst instanceof RemoteRepository) {
+      const reopen = src instanceof LayoutStore ? () => createReadStream(src.blobPath(desc.digest)) : undefined
+      await dst.upload(desc, stream, reopen)
+    } else await dst.push(desc, stream)
+    result.blobs.copied++
+    result.blobs.bytes += desc.size
+    hooks.onBlobDone?.(desc, 'copied')
+  }
 
   const copyNode = (desc: Descriptor): Promise<void> => {
     let p = started.get(desc.digest)
@@ -171,7 +183,9 @@ export async function copy(src: Source, srcRef: string, dst: Destination, dstRef
       return
     }
     const bytes = await readManifest(src, desc)
-    await Promise.all(children(bytes, desc).map(copyNode))
+    const settled = await Promise.allSettled(children(bytes, desc).map(copyNode))
+    const bad = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (bad) throw failure ? failure.error : bad.reason
     await dst.push(desc, bytes)
     result.manifests.copied++
     hooks.onManifest?.(desc, 'copied')

@@ -200,6 +200,11 @@ describe.skipIf(!registryAvailable())('a TCP proxy between client and docker-reg
       expect(err).toBeInstanceOf(OvmError)
       expect((err as OvmError).exitCode).toBe(ExitCode.integrity)
       expect((err as OvmError).code).toBe('DIGEST_MISMATCH')
+      // copy() settled what it had started before rejecting and started nothing after the failure:
+      // the store does not change once it has returned.
+      const right = (await dst.store.blobs()).length
+      await new Promise((r) => setTimeout(r, 500))
+      expect((await dst.store.blobs()).length).toBe(right)
       const v = await dst.store.verify()
       expect(v.bad).toEqual([])
       expect(await dst.store.list()).toEqual([])
