@@ -7,12 +7,11 @@
  */
 import {sha256} from '../oci/digest.js'
 import type {Descriptor} from '../oci/descriptor.js'
-import {type LayoutStore, writeAtomic} from '../oci/layout.js'
-import {withFileLock} from '../oci/lock.js'
+import type {LayoutStore} from '../oci/layout.js'
 import type {BakeResult} from '../contract/bake.js'
 import type {EngineChoice} from '../engine/select.js'
 import {storedArtifact} from './execute.js'
-import {cacheIndexPath, readCacheIndex} from './prepare.js'
+import {readCacheIndex, updateCacheIndex} from './prepare.js'
 
 export interface BakeSpec {
   subject: string
@@ -40,15 +39,12 @@ export async function earlierBake(store: LayoutStore, spec: BakeSpec): Promise<(
 }
 
 export async function rememberBake(store: LayoutStore, spec: BakeSpec, baked: BakeResult): Promise<void> {
-  const path = cacheIndexPath(store)
-  await withFileLock(`${path}.lock`, async () => {
-    const cur = {...(await readCacheIndex(store))} as Record<string, unknown>
-    const entry: BakeEntry = {
-      layer: baked.digest,
-      createdAt: new Date().toISOString(),
-      bake: {subject: baked.subject, pausedMs: baked.pausedMs, bytes: baked.bytes, readyMs: baked.readyMs},
-    }
-    cur[keyOf(spec)] = entry
-    await writeAtomic(path, Buffer.from(JSON.stringify(cur, null, 1)))
+  const entry: BakeEntry = {
+    layer: baked.digest,
+    createdAt: new Date().toISOString(),
+    bake: {subject: baked.subject, pausedMs: baked.pausedMs, bytes: baked.bytes, readyMs: baked.readyMs},
+  }
+  await updateCacheIndex(store, (c) => {
+    c[keyOf(spec)] = entry
   })
 }

@@ -17,14 +17,13 @@ import {type ChainFormat, createOverlay, unpackDiskChain} from '../disk/unpack.j
 import type {Engine, EngineName, VmHandle} from '../engine/types.js'
 import {AbortError, ExitCode, fileError} from '../errors/index.js'
 import {Annotation, type Descriptor, jsonBytes} from '../oci/descriptor.js'
-import {type LayoutStore, writeAtomic} from '../oci/layout.js'
-import {withFileLock} from '../oci/lock.js'
+import type {LayoutStore} from '../oci/layout.js'
 import {sha256} from '../oci/digest.js'
 import type {Ovmfile, Step} from '../ovmfile/types.js'
 import {buildInitramfs, ovmsInitramfs} from './initramfs.js'
 import {type ResolvedKernel, baseArtifactKernel, looksLikePath, resolveKernel} from './kernel.js'
 import type {BuildPlan, CacheEntry, CacheIndex, PlannedStep} from './plan.js'
-import {cacheIndexPath, readCacheIndex} from './prepare.js'
+import {readCacheIndex, updateCacheIndex} from './prepare.js'
 import {shellQuote} from '../util/shell.js'
 
 const MiB = 1024 * 1024
@@ -104,7 +103,7 @@ function cachedGzip(store: LayoutStore, cache: CacheIndex): (cpio: Buffer) => Pr
     }
     const gz = gzipSync(cpio, {level: 6})
     const d = await store.pushBytes(OvmsMediaType.initrd, gz)
-    await writeCache(store, (c) => {
+    await updateCacheIndex(store, (c) => {
       c[key] = {layer: d.digest, createdAt: new Date().toISOString()}
     })
     return gz
@@ -125,16 +124,6 @@ async function ingestDisk(store: LayoutStore, path: string, index: number): Prom
     },
     format: info.format,
   }
-}
-
-async function writeCache(store: LayoutStore, update: (c: Record<string, CacheEntry>) => void): Promise<void> {
-  const path = cacheIndexPath(store)
-  await mkdir(join(store.root, 'cache'), {recursive: true})
-  await withFileLock(`${path}.lock`, async () => {
-    const cur = {...(await readCacheIndex(store))} as Record<string, CacheEntry>
-    update(cur)
-    await writeAtomic(path, Buffer.from(JSON.stringify(cur, null, 1)))
-  })
 }
 
 /** The base disk of the build: a cached layer, made once. */
@@ -175,7 +164,7 @@ async function baseLayer(store: LayoutStore, file: Ovmfile, plan: BuildPlan, con
     format: layer.format,
     diskSize: layer.descriptor.annotations?.[OvmsAnnotation.diskSize] as string,
   }
-  await writeCache(store, (c) => {
+  await updateCacheIndex(store, (c) => {
     c[key] = entry
   })
   return [layer]
@@ -461,7 +450,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<BuildResult> {
         for (const [i, step] of group.slice(0, done).entries()) {
           const layer = await stepLayer(store, overlays[i] as string, layers.length)
           if (layer) layers.push(layer)
-          await writeCache(store, (c) => {
+          await updateCacheIndex(store, (c) => {
             c[step.cacheKey] = {...(layer ? {layer: layer.descriptor.digest} : {}), createdAt: new Date().toISOString()}
           })
           emit({type: 'step-done', step, ms: stepMs.get(step.index) ?? 0, layer: layer?.descriptor})
@@ -565,7 +554,7 @@ async function assemble(store: LayoutStore, opts: ExecuteOptions, disks: DiskLay
   await store.push(built.descriptor, built.manifestBytes)
   for (const t of opts.tags) await store.tag(built.descriptor, t)
   if (opts.tags.length === 0) await store.addUntagged(built.descriptor)
-  await writeCache(store, (c) => {
+  await updateCacheIndex(store, (c) => {
     c[same] = {layer: built.descriptor.digest, createdAt: new Date().toISOString()}
   })
   return {references: opts.tags, digest: built.descriptor.digest, ovms: built.ovms}
@@ -628,7 +617,7 @@ async function ingestFile(store: LayoutStore, cache: CacheIndex, path: string, s
     if (blob?.size === size) return {digest: hit.layer, size}
   }
   const k = await store.ingest(createReadStream(path), size)
-  await writeCache(store, (c) => {
+  await updateCacheIndex(store, (c) => {
     c[key] = {layer: k.digest, createdAt: new Date().toISOString(), sig} as CacheEntry
   })
   return k

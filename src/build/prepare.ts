@@ -1,6 +1,6 @@
 import {createHash} from 'node:crypto'
 import {createReadStream} from 'node:fs'
-import {readFile} from 'node:fs/promises'
+import {mkdir, readFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
 import {AbortError, ExitCode, fileError, isErrno, isOvmError} from '../errors/index.js'
@@ -48,6 +48,17 @@ export async function readCacheIndex(store: LayoutStore): Promise<CacheIndex> {
       cause: err,
     })
   }
+}
+
+/** Change the build cache index under its lock (read, update, write to a temporary name, rename). */
+export async function updateCacheIndex(store: LayoutStore, update: (c: Record<string, CacheIndex[string]>) => void): Promise<void> {
+  const path = cacheIndexPath(store)
+  await mkdir(join(store.root, 'cache'), {recursive: true})
+  await withFileLock(`${path}.lock`, async () => {
+    const cur = {...(await readCacheIndex(store))}
+    update(cur)
+    await writeAtomic(path, Buffer.from(JSON.stringify(cur, null, 1)))
+  })
 }
 
 async function fileDigest(path: string): Promise<string> {
@@ -138,11 +149,8 @@ async function liveCacheEntries(store: LayoutStore): Promise<CacheIndex> {
 
 /** A FROM image's disk layer becomes the base's cache entry, so the build (and every later one) takes it from the cache. */
 async function recordImageBase(store: LayoutStore, key: string, made: {digest: string; format: string; diskSize: number}): Promise<void> {
-  const path = cacheIndexPath(store)
-  await withFileLock(`${path}.lock`, async () => {
-    const cur = {...(await readCacheIndex(store))} as Record<string, unknown>
-    cur[`base:${key}`] = {layer: made.digest, createdAt: new Date().toISOString(), format: made.format, diskSize: String(made.diskSize)}
-    await writeAtomic(path, Buffer.from(JSON.stringify(cur, null, 1)))
+  await updateCacheIndex(store, (c) => {
+    c[`base:${key}`] = {layer: made.digest, createdAt: new Date().toISOString(), format: made.format, diskSize: String(made.diskSize)} as CacheIndex[string]
   })
 }
 
